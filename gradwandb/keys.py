@@ -1,0 +1,98 @@
+"""The key contract: every name gradwandb logs, in one place both wings import.
+
+The statistic comes first so that each W&B panel section holds one statistic across all
+layers. A tracker watching a second model in the same run carries a *tag*, inserted after
+the first ``/`` so the section stays the same and the keys stay distinct:
+
+>>> Keys().param("grad_norm", "encoder.weight")
+'grad_norm/encoder.weight'
+>>> Keys("critic").param("grad_norm", "0.weight")
+'grad_norm/critic/0.weight'
+>>> Keys("critic").scalar(GLOBAL_NORM)
+'grad/critic/global_norm'
+>>> split_param_key("grad_norm/critic/0.weight")
+('grad_norm', 'critic', '0.weight')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Scalars logged on every logged step.
+STEP = "gradwandb/step"  # index of the optimizer step (0-based), the grad metrics' own axis
+GLOBAL_NORM = "grad/global_norm"  # L2 norm over all watched gradients, before clipping
+CLIP_COEF = "grad/clip_coef"  # scale clipping applied, in (0, 1]; 1.0 when it did not bite
+CLIP_RATE = "grad/clip_rate"  # fraction of steps so far on which clipping bit
+CLIP_THRESHOLD = "grad/clip_threshold"  # the max-norm the policy used this step
+NONFINITE = "grad/nonfinite"  # number of watched tensors holding NaN or Inf
+AMP_OVERFLOW_SKIP = "amp/overflow_skip"  # 1 on a step GradScaler skipped for overflow
+AMP_SCALE = "amp/scale"  # the GradScaler's loss scale
+
+# Per-parameter statistics: "<family>/<parameter name>".
+GRAD_NORM = "grad_norm"
+GRAD_MEAN_ABS = "grad_mean_abs"
+GRAD_MAX_ABS = "grad_max_abs"
+GRAD_NONFINITE = "grad_nonfinite"  # count of NaN/Inf elements (histogram steps and bad steps)
+GRAD_ZERO_FRAC = "grad_zero_frac"  # fraction of exactly-zero elements (histogram steps)
+GRAD_HIST = "grad_hist"  # histogram of the finite gradient values
+GRAD_LOG10_HIST = "grad_log10_hist"  # histogram of log10|g| over finite non-zero values
+PARAM_NORM = "param_norm"
+UPDATE_RATIO = "update_ratio"  # |w_after - w_before| / |w_before| of the step
+
+PARAM_FAMILIES = (
+    GRAD_NORM,
+    GRAD_MEAN_ABS,
+    GRAD_MAX_ABS,
+    GRAD_NONFINITE,
+    GRAD_ZERO_FRAC,
+    GRAD_HIST,
+    GRAD_LOG10_HIST,
+    PARAM_NORM,
+    UPDATE_RATIO,
+)
+
+# Logged once.
+PARAMS_TABLE = "gradwandb/params"
+PARAMS_TOTAL = "gradwandb/params_total"
+PARAMS_TRAINABLE = "gradwandb/params_trainable"
+PARAMS_FROZEN = "gradwandb/params_frozen"
+
+# Run summary, written by diagnosis.
+VERDICT = "gradwandb/verdict"
+FINDINGS = "gradwandb/findings"
+
+
+def _tagged(key: str, tag: str | None) -> str:
+    if not tag:
+        return key
+    family, _, rest = key.partition("/")
+    return f"{family}/{tag}/{rest}"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds the keys of one tracker; ``tag`` is None for the first model in a run."""
+
+    tag: str | None = None
+
+    def scalar(self, key: str) -> str:
+        """A run-level key such as :data:`GLOBAL_NORM`, with this tracker's tag."""
+        return _tagged(key, self.tag)
+
+    def param(self, family: str, name: str) -> str:
+        """The key of statistic ``family`` for the parameter called ``name``."""
+        return _tagged(f"{family}/{name}", self.tag)
+
+
+def split_param_key(key: str) -> tuple[str, str | None, str] | None:
+    """Reverse of :meth:`Keys.param`: ``(family, tag, name)``, or None for other keys.
+
+    A key with three parts is read as tagged; parameter names never contain ``/``.
+    """
+    family, sep, rest = key.partition("/")
+    if not sep or family not in PARAM_FAMILIES or not rest:
+        return None
+    tag, sep, name = rest.partition("/")
+    if sep:
+        return family, tag, name
+    return family, None, rest

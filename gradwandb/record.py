@@ -1,0 +1,88 @@
+"""One logged step on the host: the numbers the statistics produced, and the row they make.
+
+A :class:`StepRecord` is what every consumer downstream of the statistics reads (the sinks
+through :func:`to_row`, diagnosis rules, tests): the values are plain Python floats, already
+moved off the device.
+
+>>> record = StepRecord(step=3, names=["w"], norm=[0.5], mean_abs=[0.1], max_abs=[0.9],
+...                     global_norm=0.5, nonfinite_tensors=0)
+>>> to_row(record, Keys())["grad_norm/w"]
+0.5
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gradwandb import keys as K
+from gradwandb.keys import Keys
+from gradwandb.sinks import Histogram, Value
+
+
+@dataclass
+class StepRecord:
+    """Statistics of the watched gradients at one optimizer step (pre-clip)."""
+
+    step: int
+    names: list[str]  # the parameters that had a gradient, in selection order
+    norm: list[float]
+    mean_abs: list[float]
+    max_abs: list[float]
+    global_norm: float
+    nonfinite_tensors: int
+    clip_coef: float = 1.0
+    clip_threshold: float | None = None
+    clip_rate: float | None = None
+    nonfinite_elements: dict[str, int] = field(default_factory=dict)
+    zero_frac: dict[str, float] = field(default_factory=dict)
+    value_hist: dict[str, Histogram] = field(default_factory=dict)
+    log10_hist: dict[str, Histogram] = field(default_factory=dict)
+    param_norm: dict[str, float] = field(default_factory=dict)
+    update_ratio: dict[str, float] = field(default_factory=dict)
+    amp_scale: float | None = None
+    amp_overflow_skip: int | None = None
+
+
+def to_row(record: StepRecord, keys: Keys) -> dict[str, Value]:
+    """The flat ``{key: value}`` row of a record, keyed per the contract in :mod:`gradwandb.keys`."""
+    row: dict[str, Value] = {
+        keys.scalar(K.STEP): record.step,
+        keys.scalar(K.GLOBAL_NORM): record.global_norm,
+        keys.scalar(K.NONFINITE): record.nonfinite_tensors,
+        keys.scalar(K.CLIP_COEF): record.clip_coef,
+    }
+    if record.clip_threshold is not None:
+        row[keys.scalar(K.CLIP_THRESHOLD)] = record.clip_threshold
+    if record.clip_rate is not None:
+        row[keys.scalar(K.CLIP_RATE)] = record.clip_rate
+    if record.amp_scale is not None:
+        row[keys.scalar(K.AMP_SCALE)] = record.amp_scale
+    if record.amp_overflow_skip is not None:
+        row[keys.scalar(K.AMP_OVERFLOW_SKIP)] = record.amp_overflow_skip
+    for family, values in (
+        (K.GRAD_NORM, record.norm),
+        (K.GRAD_MEAN_ABS, record.mean_abs),
+        (K.GRAD_MAX_ABS, record.max_abs),
+    ):
+        for name, value in zip(record.names, values, strict=True):
+            row[keys.param(family, name)] = value
+    per_name: tuple[tuple[str, dict[str, int] | dict[str, float] | dict[str, Histogram]], ...] = (
+        (K.GRAD_NONFINITE, record.nonfinite_elements),
+        (K.GRAD_ZERO_FRAC, record.zero_frac),
+        (K.GRAD_HIST, record.value_hist),
+        (K.GRAD_LOG10_HIST, record.log10_hist),
+        (K.PARAM_NORM, record.param_norm),
+        (K.UPDATE_RATIO, record.update_ratio),
+    )
+    for family, mapping in per_name:
+        for name, value in mapping.items():
+            row[keys.param(family, name)] = value
+    return row
+
+
+def skip_row(step: int, keys: Keys, scale: float | None) -> dict[str, Value]:
+    """The row of a step GradScaler skipped for overflow: no gradient statistics, by design."""
+    row: dict[str, Value] = {keys.scalar(K.STEP): step, keys.scalar(K.AMP_OVERFLOW_SKIP): 1}
+    if scale is not None:
+        row[keys.scalar(K.AMP_SCALE)] = scale
+    return row

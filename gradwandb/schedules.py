@@ -1,0 +1,41 @@
+"""When to do what: a schedule is a ``step -> bool`` callable over 0-based optimizer steps.
+
+>>> every(10)(0), every(10)(5), every(10)(20)
+(True, False, True)
+>>> as_schedule("log_every", 3)(6)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Union
+
+Schedule = Callable[[int], bool]
+ScheduleLike = Union[int, Schedule]
+
+
+def every(n: int) -> Schedule:
+    """Steps 0, n, 2n, ..."""
+    return lambda step: step % n == 0
+
+
+def never(step: int) -> bool:
+    """No step."""
+    return False
+
+
+def as_schedule(name: str, value: ScheduleLike | None) -> Schedule:
+    """Read an interval argument: a positive int, a ``step -> bool`` callable, or None (never)."""
+    if value is None:
+        return never
+    if callable(value):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name} must be a whole number of steps (or a step -> bool callable), "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1 (log every that many steps), got {value}")
+    return every(value)
