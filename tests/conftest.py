@@ -1,0 +1,57 @@
+"""Shared test set-up: W&B offline, every W&B and matplotlib directory inside a temp folder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_ROOT = Path(tempfile.mkdtemp(prefix="gradwandb-tests-"))
+for var, sub in (
+    ("WANDB_DIR", "wandb"),
+    ("WANDB_CACHE_DIR", "cache"),
+    ("WANDB_DATA_DIR", "data"),
+    ("WANDB_CONFIG_DIR", "config"),
+    ("MPLCONFIGDIR", "mpl"),
+):
+    os.environ[var] = str(_ROOT / sub)
+    (_ROOT / sub).mkdir(parents=True, exist_ok=True)
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ["WANDB_ERROR_REPORTING"] = "false"
+os.environ["WANDB_CONSOLE"] = "off"
+os.environ["WANDB_DISABLE_GIT"] = "true"
+
+
+@pytest.fixture
+def wandb_run(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start offline W&B runs in ``tmp_path``; each is finished at teardown if still open.
+
+    Call it to get a run: ``run = wandb_run()``; ``run.settings.sync_dir`` is where it lives.
+    """
+    import wandb
+
+    runs: list[Any] = []
+
+    def start(**kwargs: Any) -> Any:
+        run = wandb.init(project="gradwandb-tests", dir=str(tmp_path), reinit="create_new", **kwargs)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        if not getattr(run, "_is_finished", False):
+            run.finish()
+
+
+def read_back(run: Any) -> Any:
+    """Finish ``run`` if needed and read it back with W&B's own reader."""
+    from gradwandb.runfile import read_run
+
+    if not getattr(run, "_is_finished", False):
+        run.finish()
+    return read_run(run.settings.sync_dir)
