@@ -10,7 +10,7 @@ from gradwandb.keys import Keys
 from gradwandb.record import StepRecord
 from gradwandb.sinks import Histogram, MemorySink, Sink, Table
 from gradwandb.tracker import StopTraining, Tracker
-from gradwandb.watch import unwatch, watch
+from gradwandb.watching import unwatch, watch
 
 __version__ = "0.1.0"
 

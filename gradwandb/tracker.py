@@ -142,7 +142,7 @@ class Tracker:
         self._active = False
         self._hooks.remove()
         self.sink.close()
-        from gradwandb.watch import _forget
+        from gradwandb.watching import _forget
 
         _forget(self)
 
