@@ -1,0 +1,95 @@
+"""The statistics kernels against direct recomputation, per dtype, layout and device path."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gradwandb import statistics as S
+
+
+def _tensors(dtype: torch.dtype) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 4, 2), (1,)]
+    return [torch.randn(s, generator=g).to(dtype) for s in shapes]
+
+
+def _reference(t: torch.Tensor) -> tuple[float, float, float]:
+    x = t.detach().double()
+    return float(x.norm()), float(x.abs().mean()), float(x.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("path", ["cpu", "foreach"])
+def test_grad_stats_match_direct_recomputation(dtype: torch.dtype, path: str) -> None:
+    tensors = _tensors(dtype)
+    rows = S._cpu_rows(tensors) if path == "cpu" else S._foreach_rows(tensors)
+    rows[S.MEAN_ABS] /= torch.tensor([t.numel() for t in tensors], dtype=torch.float64)
+    tol = 1e-6 if dtype in (torch.float32, torch.float64) else 1e-2
+    for i, t in enumerate(tensors):
+        norm, mean_abs, max_abs = _reference(t)
+        assert rows[S.NORM, i].item() == pytest.approx(norm, rel=tol)
+        assert rows[S.MEAN_ABS, i].item() == pytest.approx(mean_abs, rel=tol)
+        assert rows[S.MAX_ABS, i].item() == pytest.approx(max_abs, rel=tol)
+
+
+def test_tiny_gradients_keep_a_nonzero_norm() -> None:
+    # float32 squares of 1e-25 underflow to 0; the float64 accumulation keeps the true norm.
+    tiny = torch.full((1000,), 1e-25)
+    stats = S.grad_stats([tiny], [1000])
+    assert stats[S.NORM, 0].item() == pytest.approx(1e-25 * math.sqrt(1000), rel=1e-5)
+
+
+def test_sparse_gradient_uses_coalesced_values_and_dense_count() -> None:
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    emb(torch.tensor([1, 1, 4])).pow(2).sum().backward()
+    grad = emb.weight.grad
+    assert grad is not None and grad.is_sparse
+    values = S.dense_values(grad)
+    stats = S.grad_stats([values], [emb.weight.numel()])
+    norm, mean_abs, max_abs = _reference(grad.to_dense())
+    assert stats[:, 0].tolist() == pytest.approx([norm, mean_abs, max_abs], rel=1e-6)
+
+
+def test_nonfinite_flags_and_counts() -> None:
+    clean = torch.ones(4)
+    nan = torch.tensor([1.0, math.nan, 2.0, math.nan])
+    inf = torch.tensor([-math.inf, 1.0, 0.0, 0.0])
+    stats = S.grad_stats([clean, nan, inf], [4, 4, 4])
+    assert S.nonfinite_flags(stats).tolist() == [False, True, True]
+    assert S.nonfinite_counts([clean, nan, inf]) == [0, 2, 1]
+
+
+def test_histograms_count_every_element_once() -> None:
+    t = torch.tensor([0.0, 0.0, 1e-3, -2.0, 4.0, math.nan, math.inf, 1e-30])
+    h = S.histograms([t])
+    finite_nonzero = 4
+    assert h.values[0].sum().item() == 6  # the finite values, zeros included
+    assert h.log10[0].sum().item() == finite_nonzero
+    assert h.zeros[0].item() == 2
+    assert h.nonfinite[0].item() == 2
+    assert h.scale[0].item() == 4.0
+    # log10 bins are half a decade wide: 1e-3 lands in the bin starting at -3.0
+    edges = S.log10_edges()
+    assert h.log10[0, edges.index(-3.0)].item() == 1
+
+
+def test_value_histogram_range_is_symmetric_around_zero() -> None:
+    edges = S.value_edges(2.0)
+    assert len(edges) == S.VALUE_BINS + 1
+    assert edges[0] == -2.0 and edges[-1] == pytest.approx(2.0)
+    assert edges[S.VALUE_BINS // 2] == pytest.approx(0.0)
+
+
+def test_global_norm_is_norm_of_concatenation() -> None:
+    tensors = _tensors(torch.float32)
+    stats = S.grad_stats(tensors, [t.numel() for t in tensors])
+    expected = torch.cat([t.reshape(-1).double() for t in tensors]).norm().item()
+    assert S.global_norm(stats[S.NORM]).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_to_host_keeps_order_and_shapes() -> None:
+    out = S.to_host({"m": torch.arange(6.0).reshape(2, 3), "s": torch.tensor(7.0)})
+    assert out == {"m": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "s": [7.0]}

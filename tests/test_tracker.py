@@ -1,0 +1,215 @@
+"""What the tracker logs, against direct recomputation from ``param.grad`` on seeded tiny models."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import gradwandb
+from gradwandb.sinks import Histogram, MemorySink
+
+Step = Callable[[], None]
+
+
+def _mlp(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+
+
+def _backward(model: nn.Module, seed: int, scale: float = 1.0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(16, 6, generator=g).to(dtype)
+    (model(x).float().pow(2).mean() * scale).backward()
+
+
+def _grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_logged_statistics_equal_recomputation_from_param_grad() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink = MemorySink()
+    seen: list[dict[str, torch.Tensor]] = []
+    with gradwandb.watch(model, opt, sink=sink, hist_every=None):
+        for i in range(3):
+            opt.zero_grad()
+            _backward(model, i)
+            seen.append(_grads(model))
+            opt.step()
+    assert [s for s, _ in sink.rows] == [0, 1, 2]
+    for (step, row), grads in zip(sink.rows, seen, strict=True):
+        assert row["gradwandb/step"] == step
+        flat = torch.cat([g.reshape(-1).double() for g in grads.values()])
+        assert row["grad/global_norm"] == pytest.approx(flat.norm().item(), rel=1e-9)
+        assert row["grad/nonfinite"] == 0
+        assert row["grad/clip_coef"] == 1.0
+        for name, g in grads.items():
+            gd = g.double()
+            assert row[f"grad_norm/{name}"] == pytest.approx(gd.norm().item(), rel=1e-9)
+            assert row[f"grad_mean_abs/{name}"] == pytest.approx(gd.abs().mean().item(), rel=1e-6)
+            assert row[f"grad_max_abs/{name}"] == pytest.approx(gd.abs().max().item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])
+def test_clipping_matches_clip_grad_norm(max_norm: float) -> None:
+    ours, theirs = _mlp(), _mlp()
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=0.5)
+    opt_theirs = torch.optim.SGD(theirs.parameters(), lr=0.5)
+    sink = MemorySink()
+    coefs = []
+    with gradwandb.watch(ours, opt_ours, sink=sink, clip=max_norm, hist_every=None):
+        for i in range(4):
+            for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+                opt.zero_grad()
+                _backward(model, i)
+            total = nn.utils.clip_grad_norm_(theirs.parameters(), max_norm)
+            coefs.append(min(1.0, max_norm / (total.item() + 1e-6)))
+            opt_ours.step()
+            opt_theirs.step()
+    for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    logged = [v for _, v in sink.series("grad/clip_coef")]
+    assert logged == pytest.approx(coefs, rel=1e-5)
+    bit = [c < 1.0 for c in coefs]
+    assert [v for _, v in sink.series("grad/clip_rate")] == pytest.approx(
+        [sum(bit[: i + 1]) / (i + 1) for i in range(4)]
+    )
+    assert all(v == max_norm for _, v in sink.series("grad/clip_threshold"))
+
+
+def test_clipping_leaves_a_nonfinite_step_alone() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sink = MemorySink()
+    with gradwandb.watch(model, opt, sink=sink, clip=0.01, hist_every=None):
+        _backward(model, 0)
+        first = model[0].weight
+        assert first.grad is not None
+        first.grad[0, 0] = math.nan
+        first.grad[1, :2] = math.inf
+        before = _grads(model)
+        opt.step()
+    row = sink.last()
+    assert row["grad/clip_coef"] == 1.0
+    assert row["grad/nonfinite"] == 1
+    assert row["grad_nonfinite/0.weight"] == 3
+    assert math.isnan(row["grad/global_norm"])  # type: ignore[arg-type]
+    after = _grads(model)
+    torch.testing.assert_close(after["2.weight"], before["2.weight"])  # not scaled by NaN
+
+
+def test_histograms_weight_norms_and_update_ratio() -> None:
+    model = _mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    sink = MemorySink()
+    with gradwandb.watch(model, opt, sink=sink, hist_every=2):
+        for i in range(3):
+            opt.zero_grad()
+            _backward(model, i)
+            grads = _grads(model)
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            opt.step()
+            row = sink.last()
+            has_detail = i % 2 == 0
+            assert ("grad_hist/0.weight" in row) == has_detail
+            if not has_detail:
+                continue
+            for name, p in model.named_parameters():
+                hist = row[f"grad_hist/{name}"]
+                assert isinstance(hist, Histogram)
+                assert sum(hist.counts) == p.numel()
+                assert len(hist.edges) == len(hist.counts) + 1
+                assert hist.edges[-1] == pytest.approx(grads[name].abs().max().item(), rel=1e-6)
+                log_hist = row[f"grad_log10_hist/{name}"]
+                assert isinstance(log_hist, Histogram)
+                assert sum(log_hist.counts) == int((grads[name] != 0).sum())
+                assert row[f"grad_zero_frac/{name}"] == 0.0
+                assert row[f"param_norm/{name}"] == pytest.approx(p.detach().double().norm().item(), rel=1e-9)
+                moved = (p.detach().double() - before[name].double()).norm() / before[name].double().norm()
+                assert row[f"update_ratio/{name}"] == pytest.approx(moved.item(), rel=1e-6)
+
+
+def test_log_every_and_disabled_histograms() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink = MemorySink()
+    with gradwandb.watch(model, opt, sink=sink, log_every=3, hist_every=None) as tracker:
+        for i in range(7):
+            opt.zero_grad()
+            _backward(model, i)
+            opt.step()
+    assert tracker.step == 7
+    assert [s for s, _ in sink.rows] == [0, 3, 6]
+    assert not any(k.startswith("grad_hist/") for _, row in sink.rows for k in row)
+
+
+def test_frozen_and_unused_parameters_are_skipped() -> None:
+    model = _mlp()
+    model[0].requires_grad_(False)
+    spare = nn.Linear(3, 3)  # registered, never used in forward
+    model.add_module("spare", spare)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    sink = MemorySink()
+    with gradwandb.watch(model, opt, sink=sink, hist_every=1):
+        x = torch.randn(4, 6)
+        model[:5](x).sum().backward()
+        opt.step()
+    row = sink.last()
+    assert "grad_norm/2.weight" in row
+    assert not any("0.weight" in k or "spare" in k for k in row if "/" in k and "params" not in k)
+    assert sink.summaries["gradwandb/params_frozen"] == 6 * 8 + 8
+
+
+def test_sparse_embedding_gradients() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 4, sparse=True), nn.Flatten(), nn.Linear(12, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink = MemorySink()
+    with gradwandb.watch(model, opt, sink=sink, hist_every=1, clip=1e-3):
+        model(torch.tensor([[1, 1, 5], [2, 1, 7]])).pow(2).sum().backward()
+        grad = model[0].weight.grad
+        assert grad is not None and grad.is_sparse
+        dense = grad.to_dense().double()
+        opt.step()
+    row = sink.last()
+    assert row["grad_norm/0.weight"] == pytest.approx(dense.norm().item(), rel=1e-6)
+    assert row["grad_mean_abs/0.weight"] == pytest.approx(dense.abs().mean().item(), rel=1e-6)
+    assert row["grad_max_abs/0.weight"] == pytest.approx(dense.abs().max().item(), rel=1e-6)
+    assert row["grad_zero_frac/0.weight"] == pytest.approx((dense == 0).double().mean().item())
+    hist = row["grad_hist/0.weight"]
+    assert isinstance(hist, Histogram) and sum(hist.counts) == 80
+    assert row["grad/clip_coef"] < 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_gradients(dtype: torch.dtype) -> None:
+    model = _mlp(dtype=dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink = MemorySink()
+    with gradwandb.watch(model, opt, sink=sink, hist_every=1):
+        _backward(model, 0)
+        grads = _grads(model)
+        opt.step()
+    row = sink.last()
+    for name, g in grads.items():
+        assert g.dtype == dtype
+        assert row[f"grad_norm/{name}"] == pytest.approx(g.double().norm().item(), rel=1e-6)
+        assert row[f"grad_max_abs/{name}"] == pytest.approx(g.double().abs().max().item(), rel=1e-6)
+
+
+def test_gradients_are_untouched_without_clipping() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradwandb.watch(model, opt, sink=MemorySink(), hist_every=1):
+        _backward(model, 0)
+        before = _grads(model)
+        opt.step()
+    after = _grads(model)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[n], after[n]) for n in before)
