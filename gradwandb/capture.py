@@ -44,7 +44,10 @@ class HookSet:
 
 
 def on_optimizer_step(
-    hooks: HookSet, optimizer: torch.optim.Optimizer, pre: Callable[[], None], post: Callable[[], None]
+    hooks: HookSet,
+    optimizer: torch.optim.Optimizer,
+    pre: Callable[[], None],
+    post: Callable[[], None],
 ) -> None:
     """Call ``pre`` before and ``post`` after every ``optimizer.step()`` that really runs."""
     hooks.add("pre", optimizer.register_step_pre_hook(lambda opt, args, kwargs: pre()))
@@ -63,7 +66,7 @@ class BackwardEnd:
         if self._queued:
             return
         self._queued = True
-        torch.autograd.Variable._execution_engine.queue_callback(self._fire)  # type: ignore[attr-defined]
+        torch.autograd.Variable._execution_engine.queue_callback(self._fire)
 
     def _fire(self) -> None:
         self._queued = False
@@ -74,12 +77,11 @@ class BackwardEnd:
         for i, p in enumerate(params):
             name = f"grad{i}"
             if p.requires_grad and name not in self._hooks:
-                self._hooks.add(name, p.register_post_accumulate_grad_hook(self._landed))
+                handle = p.register_post_accumulate_grad_hook(self._landed)  # type: ignore[no-untyped-call]
+                self._hooks.add(name, handle)
 
 
-def wrap_method(
-    hooks: HookSet, obj: Any, name: str, around: Callable[..., Any]
-) -> None:
+def wrap_method(hooks: HookSet, obj: Any, name: str, around: Callable[..., Any]) -> None:
     """Route ``obj.name(*a, **k)`` through ``around(original, *a, **k)`` until removal.
 
     Only this instance is touched (an attribute shadowing the class's method), and removal

@@ -14,15 +14,17 @@ torch.Size([4, 7, 20])
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+CELLS: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 BOS = 0  # token 0 starts every decoder input and never appears in a source
 
 
 class Seq2Seq(nn.Module):
-    """Embedding + RNN encoder, embedding + RNN decoder started from the encoder state, linear head."""
+    """Embedding + RNN encoder; embedding + RNN decoder started from its state; linear head."""
 
     def __init__(
         self, vocab: int, hidden: int, embed: int | None = None, cell: str = "rnn", layers: int = 1

@@ -12,6 +12,7 @@ moved off the device.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gradwandb import keys as K
@@ -44,7 +45,7 @@ class StepRecord:
 
 
 def to_row(record: StepRecord, keys: Keys) -> dict[str, Value]:
-    """The flat ``{key: value}`` row of a record, keyed per the contract in :mod:`gradwandb.keys`."""
+    """The flat ``{key: value}`` row of a record, keyed per :mod:`gradwandb.keys`."""
     row: dict[str, Value] = {
         keys.scalar(K.STEP): record.step,
         keys.scalar(K.GLOBAL_NORM): record.global_norm,
@@ -66,7 +67,7 @@ def to_row(record: StepRecord, keys: Keys) -> dict[str, Value]:
     ):
         for name, value in zip(record.names, values, strict=True):
             row[keys.param(family, name)] = value
-    per_name: tuple[tuple[str, dict[str, int] | dict[str, float] | dict[str, Histogram]], ...] = (
+    per_name: tuple[tuple[str, Mapping[str, Value]], ...] = (
         (K.GRAD_NONFINITE, record.nonfinite_elements),
         (K.GRAD_ZERO_FRAC, record.zero_frac),
         (K.GRAD_HIST, record.value_hist),
@@ -75,8 +76,8 @@ def to_row(record: StepRecord, keys: Keys) -> dict[str, Value]:
         (K.UPDATE_RATIO, record.update_ratio),
     )
     for family, mapping in per_name:
-        for name, value in mapping.items():
-            row[keys.param(family, name)] = value
+        for name, item in mapping.items():
+            row[keys.param(family, name)] = item
     return row
 
 

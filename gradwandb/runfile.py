@@ -66,7 +66,9 @@ def find_run_file(path: str | Path) -> Path:
         return p
     files = sorted(p.glob("*.wandb"))
     if not files:
-        raise FileNotFoundError(f"no .wandb file in {p}; pass a run directory such as wandb/offline-run-*")
+        raise FileNotFoundError(
+            f"no .wandb file in {p}; pass a run directory such as wandb/offline-run-*"
+        )
     return files[0]
 
 
@@ -75,7 +77,10 @@ def read_run(path: str | Path, timeout: float = 120.0) -> RunLog:
     file = find_run_file(path)
     out = subprocess.run(
         [*_wandb_command(), "leet", "inspect", "--json", str(file)],
-        capture_output=True, text=True, timeout=timeout, check=True,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
     ).stdout
     log = RunLog(path=file)
     for line in out.splitlines():

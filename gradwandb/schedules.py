@@ -9,10 +9,9 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Union
 
 Schedule = Callable[[int], bool]
-ScheduleLike = Union[int, Schedule]
+ScheduleLike = int | Schedule
 
 
 def every(n: int) -> Schedule:

@@ -17,14 +17,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import Tensor, nn
 
 from gradwandb.sinks import Table
 
-ParamFilter = Union[str, Sequence[str], Callable[[str, nn.Parameter], bool], None]
+ParamFilter = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 
 
 def _matcher(params: ParamFilter) -> Callable[[str, nn.Parameter], bool]:
@@ -43,7 +42,9 @@ def _matcher(params: ParamFilter) -> Callable[[str, nn.Parameter], bool]:
     return lambda name, p: name.startswith(prefixes)
 
 
-def select_parameters(model: nn.Module, params: ParamFilter = None) -> list[tuple[str, nn.Parameter]]:
+def select_parameters(
+    model: nn.Module, params: ParamFilter = None
+) -> list[tuple[str, nn.Parameter]]:
     """The ``(name, parameter)`` pairs of ``model`` that ``params`` selects, in forward order.
 
     Raises ValueError when nothing is left to watch, naming what was asked.
@@ -126,8 +127,14 @@ def parameter_info(model: nn.Module, watched: Sequence[str]) -> ParameterInfo:
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
         rows.append(
-            [name, str(tuple(p.shape)), p.numel(), str(p.dtype).removeprefix("torch."),
-             p.requires_grad, name in watched_set]
+            [
+                name,
+                str(tuple(p.shape)),
+                p.numel(),
+                str(p.dtype).removeprefix("torch."),
+                p.requires_grad,
+                name in watched_set,
+            ]
         )
     table = Table(["name", "shape", "count", "dtype", "trainable", "watched"], rows)
     return ParameterInfo(total=total, trainable=trainable, frozen=total - trainable, table=table)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Table:
     rows: Sequence[Sequence[Any]]
 
 
-Value = Union[float, int, str, Histogram, Table]
+Value = float | int | str | Histogram | Table
 
 
 class Sink(Protocol):

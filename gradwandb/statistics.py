@@ -99,7 +99,8 @@ def grad_stats(tensors: Sequence[Tensor], numels: Sequence[int]) -> Tensor:
 
 def global_norm(norms: Tensor) -> Tensor:
     """The L2 norm over all tensors, from their per-tensor L2 norms (0-dim, same device)."""
-    return torch.linalg.vector_norm(norms, 2)
+    total: Tensor = torch.linalg.vector_norm(norms, 2)
+    return total
 
 
 def nonfinite_flags(stats: Tensor) -> Tensor:
@@ -138,7 +139,9 @@ def histograms(tensors: Sequence[Tensor]) -> Histograms:
         scale = magnitude.amax() if flat.numel() else torch.zeros((), device=flat.device)
         safe_scale = torch.where(scale > 0, scale, 1.0)
         # histc skips NaN and values outside [min, max], so non-finite values fall out.
-        values.append(torch.histc(torch.where(finite, flat, math.nan) / safe_scale, VALUE_BINS, -1, 1))
+        values.append(
+            torch.histc(torch.where(finite, flat, math.nan) / safe_scale, VALUE_BINS, -1, 1)
+        )
         scales.append(safe_scale)
         nonzero = finite & (flat != 0)
         log_mag = torch.log10(torch.where(nonzero, magnitude, math.nan))
@@ -170,7 +173,9 @@ def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
     """Float64 [n] L2 norms (parameters, updates), on the tensors' device."""
     if not tensors:
         return torch.zeros(0, dtype=torch.float64)
-    return torch.stack([torch.linalg.vector_norm(t.detach(), 2, dtype=torch.float64) for t in tensors])
+    return torch.stack(
+        [torch.linalg.vector_norm(t.detach(), 2, dtype=torch.float64) for t in tensors]
+    )
 
 
 def to_host(named: Mapping[str, Tensor]) -> dict[str, list[float]]:

@@ -113,7 +113,9 @@ class Tracker:
                 lambda: self._shielded("post", self._post_step),
             )
         else:
-            self._backward_end = BackwardEnd(self._hooks, lambda: self._shielded(None, self._whole_step))
+            self._backward_end = BackwardEnd(
+                self._hooks, lambda: self._shielded(None, self._whole_step)
+            )
             self._backward_end.refresh(self._params)
         if scaler is not None:
             wrap_method(self._hooks, scaler, "step", self._scaler_step)
@@ -212,8 +214,11 @@ class Tracker:
         if detail:
             hist = S.histograms(values)  # before clipping: the histograms show what arrived
             pending.device.update(
-                hist_values=hist.values, hist_scale=hist.scale, hist_log10=hist.log10,
-                hist_zeros=hist.zeros, hist_nonfinite=hist.nonfinite,
+                hist_values=hist.values,
+                hist_scale=hist.scale,
+                hist_log10=hist.log10,
+                hist_zeros=hist.zeros,
+                hist_nonfinite=hist.nonfinite,
             )
             if self.optimizer is not None:
                 pending.snapshot = [p.detach().clone() for p in now.params]
@@ -240,7 +245,9 @@ class Tracker:
             pending.device["param_norm"] = S.tensor_norms(params)
             if pending.snapshot is not None:
                 before = S.tensor_norms(pending.snapshot)
-                moved = S.tensor_norms(torch._foreach_sub([p.detach() for p in params], pending.snapshot))
+                moved = S.tensor_norms(
+                    torch._foreach_sub([p.detach() for p in params], pending.snapshot)
+                )
                 pending.device["update_ratio"] = moved / before.clamp_min(1e-30)
         host = S.to_host(pending.device)  # the one sync of this step
         record = self._record(k, pending, host)
@@ -260,7 +267,9 @@ class Tracker:
         if self._active:
             self._post_step()
 
-    def _scaler_step(self, original: Callable[..., Any], optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+    def _scaler_step(
+        self, original: Callable[..., Any], optimizer: Any, *args: Any, **kwargs: Any
+    ) -> Any:
         before = self._step
         out = original(optimizer, *args, **kwargs)
         if optimizer is self.optimizer and self._active and self._step == before:
@@ -304,7 +313,9 @@ class Tracker:
             self._add_detail(record, pending, host)
         return record
 
-    def _add_detail(self, record: StepRecord, pending: _Pending, host: dict[str, list[float]]) -> None:
+    def _add_detail(
+        self, record: StepRecord, pending: _Pending, host: dict[str, list[float]]
+    ) -> None:
         names = record.names
         numels = [p.numel() for p in pending.now.params]
         vb, lb = S.VALUE_BINS, S.LOG10_BINS

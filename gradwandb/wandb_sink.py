@@ -73,10 +73,11 @@ class WandbSink:
 
 
 def _to_wandb(value: Any) -> Any:
+    import numpy as np
     import wandb
 
     if isinstance(value, Histogram):
-        return wandb.Histogram(np_histogram=(list(value.counts), list(value.edges)))
+        return wandb.Histogram(np_histogram=(np.asarray(value.counts), np.asarray(value.edges)))
     if isinstance(value, Table):
         return wandb.Table(columns=list(value.columns), data=[list(r) for r in value.rows])
     return value

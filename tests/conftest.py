@@ -1,30 +1,12 @@
-"""Shared test set-up: W&B offline, every W&B and matplotlib directory inside a temp folder."""
+"""Shared fixtures; the environment (W&B offline, temp directories) is set in ../conftest.py."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(tempfile.mkdtemp(prefix="gradwandb-tests-"))
-for var, sub in (
-    ("WANDB_DIR", "wandb"),
-    ("WANDB_CACHE_DIR", "cache"),
-    ("WANDB_DATA_DIR", "data"),
-    ("WANDB_CONFIG_DIR", "config"),
-    ("MPLCONFIGDIR", "mpl"),
-):
-    os.environ[var] = str(_ROOT / sub)
-    (_ROOT / sub).mkdir(parents=True, exist_ok=True)
-os.environ["WANDB_MODE"] = "offline"
-os.environ["WANDB_SILENT"] = "true"
-os.environ["WANDB_ERROR_REPORTING"] = "false"
-os.environ["WANDB_CONSOLE"] = "off"
-os.environ["WANDB_DISABLE_GIT"] = "true"
 
 
 @pytest.fixture
@@ -38,7 +20,9 @@ def wandb_run(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     runs: list[Any] = []
 
     def start(**kwargs: Any) -> Any:
-        run = wandb.init(project="gradwandb-tests", dir=str(tmp_path), reinit="create_new", **kwargs)
+        run = wandb.init(
+            project="gradwandb-tests", dir=str(tmp_path), reinit="create_new", **kwargs
+        )
         runs.append(run)
         return run
 

@@ -17,7 +17,9 @@ Step = Callable[[], None]
 
 def _mlp(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+    return nn.Sequential(
+        nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3)
+    ).to(dtype)
 
 
 def _backward(model: nn.Module, seed: int, scale: float = 1.0) -> None:
@@ -130,8 +132,12 @@ def test_histograms_weight_norms_and_update_ratio() -> None:
                 assert isinstance(log_hist, Histogram)
                 assert sum(log_hist.counts) == int((grads[name] != 0).sum())
                 assert row[f"grad_zero_frac/{name}"] == 0.0
-                assert row[f"param_norm/{name}"] == pytest.approx(p.detach().double().norm().item(), rel=1e-9)
-                moved = (p.detach().double() - before[name].double()).norm() / before[name].double().norm()
+                assert row[f"param_norm/{name}"] == pytest.approx(
+                    p.detach().double().norm().item(), rel=1e-9
+                )
+                moved = (p.detach().double() - before[name].double()).norm() / before[
+                    name
+                ].double().norm()
                 assert row[f"update_ratio/{name}"] == pytest.approx(moved.item(), rel=1e-6)
 
 
