@@ -8,15 +8,15 @@ non-finite tensor.
 
 Kernels are chosen by device. On an accelerator the ``torch._foreach_*`` kernels reduce all
 tensors of a dtype in a few fused launches. On the CPU, where ``_foreach`` ops are a loop of
-per-tensor ops anyway, per-tensor reductions are used because they are faster there:
-``aminmax`` finds max|g| in one pass, and the L2 norm accumulates in float64, which also keeps
-the norm of a vanishing gradient (elements below ~1e-19, whose squares underflow float32)
-from reading as exactly zero.
+per-tensor ops anyway, the fastest per-tensor reductions are used instead: a BLAS dot for
+the L2 norm and ``aminmax`` for max|g|, which stay fast when gradients vanish into denormals.
+Nothing here copies host data to the device either (no ``torch.tensor(list, device=...)``),
+since on an accelerator that copy would wait for the queued work.
 
 >>> import torch
 >>> g = [torch.tensor([3.0, -4.0]), torch.tensor([0.0, 0.0, 1.0, -1.0])]
->>> grad_stats(g, [2, 4]).tolist()
-[[5.0, 1.4142135623730951], [3.5, 0.5], [4.0, 1.0]]
+>>> [[round(v, 4) for v in row] for row in grad_stats(g).tolist()]  # L2, sum|g|, max|g|
+[[5.0, 1.4142], [7.0, 2.0], [4.0, 1.0]]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-NORM, MEAN_ABS, MAX_ABS = 0, 1, 2  # rows of the grad_stats matrix
+NORM, L1_SUM, MAX_ABS = 0, 1, 2  # rows of the grad_stats matrix
 VALUE_BINS = 64
 LOG10_LOW, LOG10_HIGH, LOG10_BINS = -45.0, 40.0, 170  # fixed half-decade bins over all float32
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -45,56 +45,81 @@ def dense_values(grad: Tensor) -> Tensor:
     return grad
 
 
-def _by_device(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault((t.device, t.dtype), []).append(i)
-    return groups
+def _accumulator(t: Tensor) -> Tensor:
+    """``t`` flat, in a dtype safe to reduce in (low-precision floats widen to float32)."""
+    flat = t.reshape(-1)
+    return flat.float() if flat.dtype in _LOW_PRECISION else flat
 
 
 def _foreach_rows(tensors: Sequence[Tensor]) -> Tensor:
-    """[3, n] of L2, L1 and max-abs norms with fused multi-tensor kernels (accelerators)."""
-    n = len(tensors)
-    device = tensors[0].device
-    out = torch.empty(3, n, dtype=torch.float32, device=device)
-    for (_, dtype), idx in _by_device(tensors).items():
+    """[3, n] of L2, L1 and max-abs with fused multi-tensor kernels (accelerators).
+
+    One launch group per dtype; results are placed back in order with ``stack`` so no index
+    tensor has to be copied to the device.
+    """
+    groups: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(t.dtype, []).append(i)
+    rows: list[list[Tensor | None]] = [[None] * len(tensors) for _ in range(3)]
+    for dtype, idx in groups.items():
         group = [tensors[i] for i in idx]
         acc = torch.float32 if dtype in _LOW_PRECISION else None
-        index = torch.tensor(idx, device=device)
-        for row, order in ((NORM, 2.0), (MEAN_ABS, 1.0), (MAX_ABS, math.inf)):
-            norms = torch._foreach_norm(group, order, dtype=acc)
-            out[row].index_copy_(0, index, torch.stack(norms).to(torch.float32))
-    return out.to(torch.float64)
+        for row, order in ((NORM, 2.0), (L1_SUM, 1.0), (MAX_ABS, math.inf)):
+            for i, value in zip(idx, torch._foreach_norm(group, order, dtype=acc), strict=True):
+                rows[row][i] = value
+    return torch.stack([torch.stack([v.double() for v in r if v is not None]) for r in rows])
 
 
 def _cpu_rows(tensors: Sequence[Tensor]) -> Tensor:
-    """[3, n] of L2, L1 and max-abs norms with per-tensor kernels (CPU)."""
-    l2 = [torch.linalg.vector_norm(t, 2, dtype=torch.float64) for t in tensors]
-    l1 = [torch.linalg.vector_norm(t, 1, dtype=torch.float64) for t in tensors]
-    mx = []
-    for t in tensors:
-        if t.numel() == 0:  # a sparse gradient with no stored values
-            mx.append(torch.zeros((), dtype=torch.float64))
-            continue
-        low, high = torch.aminmax(t)
-        mx.append(torch.maximum(-low, high).to(torch.float64))
-    return torch.stack([torch.stack(l2), torch.stack(l1), torch.stack(mx)])
+    """[3, n] of L2, L1 and max-abs with per-tensor kernels (CPU).
+
+    The L2 norm is ``sqrt(dot(g, g))`` (one BLAS pass), max|g| comes from ``aminmax`` (one
+    pass of comparisons, cheap even on denormals), the L1 sums from one ``_foreach_norm``.
+    """
+    flats = [_accumulator(t) for t in tensors]
+    squares, lows, highs = [], [], []
+    for f in flats:
+        squares.append(torch.dot(f, f))
+        if f.numel():
+            low, high = torch.aminmax(f)
+        else:  # a sparse gradient with no stored values
+            low = high = f.new_zeros(())
+        lows.append(low)
+        highs.append(high)
+    l2 = torch.stack(squares).double().sqrt()
+    l1 = torch.stack(torch._foreach_norm(flats, 1.0)).double()
+    mx = torch.maximum(-torch.stack(lows), torch.stack(highs)).double()
+    return torch.stack([l2, l1, mx])
 
 
-def grad_stats(tensors: Sequence[Tensor], numels: Sequence[int]) -> Tensor:
-    """A float64 [3, n] matrix on the tensors' device: rows L2 norm, mean|g|, max|g|.
+def grad_stats(tensors: Sequence[Tensor]) -> Tensor:
+    """A float64 [3, n] matrix on the tensors' device: rows L2 norm, sum|g|, max|g|.
 
-    ``tensors`` are the values from :func:`dense_values`, all on one device; ``numels`` the
-    element counts of the full gradients (a sparse gradient's implicit zeros count in the mean).
-    A NaN anywhere in a tensor makes its norm and max NaN; an Inf makes them Inf.
+    ``tensors`` are the values from :func:`dense_values`, all on one device. The mean
+    |g| is ``sum|g| / numel`` of the full gradient, divided on the host (a sparse gradient's
+    implicit zeros count). A NaN in a tensor makes its norm and max NaN; an Inf makes them Inf.
+    Norms accumulate in the gradient's precision (float32 for half types), as
+    ``clip_grad_norm_`` does: a tensor whose elements are all below ~1e-19 has squares that
+    underflow, so :func:`exact_norms` recomputes those on request.
     """
     if not tensors:
         return torch.zeros(3, 0, dtype=torch.float64)
-    device = tensors[0].device
-    rows = _cpu_rows(tensors) if device.type == "cpu" else _foreach_rows(tensors)
-    counts = torch.tensor(numels, dtype=torch.float64, device=device)
-    rows[MEAN_ABS] /= counts
-    return rows
+    if tensors[0].device.type == "cpu":
+        return _cpu_rows(tensors)
+    return _foreach_rows(tensors)
+
+
+def exact_norms(tensors: Sequence[Tensor]) -> list[float]:
+    """L2 norms immune to float32 underflow and overflow (scaled, float64); a host sync.
+
+    For the rare tensors whose fast norm reads 0 while max|g| > 0, or Inf while finite.
+    """
+    out = []
+    for t in tensors:
+        x = _accumulator(t).double()
+        scale = x.abs().max() if x.numel() else x.new_zeros(())
+        out.append(float(torch.linalg.vector_norm(x / scale) * scale) if scale > 0 else 0.0)
+    return out
 
 
 def global_norm(norms: Tensor) -> Tensor:
@@ -117,43 +142,36 @@ def nonfinite_counts(tensors: Sequence[Tensor]) -> list[int]:
 class Histograms:
     """Device tensors for the histogram step of ``n`` tensors.
 
-    ``values`` [n, VALUE_BINS] counts finite values over [-scale, scale] per tensor;
-    ``log10`` [n, LOG10_BINS] counts log10|g| of finite non-zero values over the fixed edges
-    :func:`log10_edges`; ``zeros`` and ``nonfinite`` [n] count the elements left out of both.
+    ``values`` [n, VALUE_BINS] counts the finite values (NaN/Inf read as 0) over
+    [-scale, scale]; ``log10`` [n, LOG10_BINS] counts log10|g| of the finite non-zero values
+    over the fixed edges :func:`log10_edges`, which span every float32 magnitude, so
+    ``numel - sum(log10)`` is the number of zeros plus non-finite elements.
     """
 
     values: Tensor
     scale: Tensor
     log10: Tensor
-    zeros: Tensor
-    nonfinite: Tensor
 
 
-def histograms(tensors: Sequence[Tensor]) -> Histograms:
-    """Histograms of each tensor, with no host sync (ranges stay on the device)."""
-    values, scales, logs, zeros, nonfinite = [], [], [], [], []
-    for t in tensors:
-        flat = t.detach().reshape(-1).float()
-        finite = torch.isfinite(flat)
-        magnitude = torch.where(finite, flat.abs(), 0.0)
-        scale = magnitude.amax() if flat.numel() else torch.zeros((), device=flat.device)
-        safe_scale = torch.where(scale > 0, scale, 1.0)
-        # histc skips NaN and values outside [min, max], so non-finite values fall out.
-        values.append(
-            torch.histc(torch.where(finite, flat, math.nan) / safe_scale, VALUE_BINS, -1, 1)
-        )
-        scales.append(safe_scale)
-        nonzero = finite & (flat != 0)
-        log_mag = torch.log10(torch.where(nonzero, magnitude, math.nan))
-        logs.append(torch.histc(log_mag, LOG10_BINS, LOG10_LOW, LOG10_HIGH))
-        zeros.append((flat == 0).sum())
-        nonfinite.append((~finite).sum())
+def histograms(tensors: Sequence[Tensor], max_abs: Tensor) -> Histograms:
+    """Histograms of each tensor, with no host sync (ranges stay on the device).
+
+    ``max_abs`` [n] is the MAX_ABS row of :func:`grad_stats`. NaN and Inf are set to zero
+    first, so a tensor that holds them still gets a histogram of its finite values (the zeros
+    they add are taken back on the host, where the non-finite counts are known).
+    """
+    values, scales, logs = [], [], []
+    for t, top in zip(tensors, max_abs, strict=True):
+        flat = torch.nan_to_num(_accumulator(t.detach()), nan=0.0, posinf=0.0, neginf=0.0)
+        magnitude = flat.abs()
+        finite_top = torch.where(torch.isfinite(top), top, magnitude.amax().double())
+        scale = torch.where(finite_top > 0, finite_top, 1.0).to(flat.dtype)
+        values.append(torch.histc(flat / scale, VALUE_BINS, -1, 1))
+        # log10(0) is -inf, outside the range: zeros fall out of this histogram.
+        logs.append(torch.histc(torch.log10(magnitude), LOG10_BINS, LOG10_LOW, LOG10_HIGH))
+        scales.append(scale.double())
     return Histograms(
-        values=torch.stack(values),
-        scale=torch.stack(scales),
-        log10=torch.stack(logs),
-        zeros=torch.stack(zeros),
-        nonfinite=torch.stack(nonfinite),
+        values=torch.stack(values), scale=torch.stack(scales), log10=torch.stack(logs)
     )
 
 

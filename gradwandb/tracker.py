@@ -16,6 +16,7 @@ tracker switches itself off, and training goes on.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -208,17 +209,14 @@ class Tracker:
         if not now.grads:
             return
         values = [S.dense_values(g) for g in now.grads]
-        stats = S.grad_stats(values, [p.numel() for p in now.params])
+        stats = S.grad_stats(values)
         total = S.global_norm(stats[S.NORM])
         pending = _Pending(k, log, detail, now, values, {"stats": stats, "total": total})
         if detail:
-            hist = S.histograms(values)  # before clipping: the histograms show what arrived
+            # before clipping: the histograms show what arrived
+            hist = S.histograms(values, stats[S.MAX_ABS])
             pending.device.update(
-                hist_values=hist.values,
-                hist_scale=hist.scale,
-                hist_log10=hist.log10,
-                hist_zeros=hist.zeros,
-                hist_nonfinite=hist.nonfinite,
+                hist_values=hist.values, hist_scale=hist.scale, hist_log10=hist.log10
             )
             if self.optimizer is not None:
                 pending.snapshot = [p.detach().clone() for p in now.params]
@@ -286,18 +284,19 @@ class Tracker:
     def _record(self, k: int, pending: _Pending, host: dict[str, list[float]]) -> StepRecord:
         n = len(pending.now.index)
         stats = host["stats"]
-        norm, mean_abs, max_abs = stats[:n], stats[n : 2 * n], stats[2 * n :]
+        norm, l1, max_abs = stats[:n], stats[n : 2 * n], stats[2 * n :]
+        numels = [p.numel() for p in pending.now.params]
         names = [self.names[i] for i in pending.now.index]
-        bad = [i for i in range(n) if not (_finite(max_abs[i]) and _finite(norm[i]))]
         record = StepRecord(
             step=k,
             names=names,
             norm=norm,
-            mean_abs=mean_abs,
+            mean_abs=[a / c for a, c in zip(l1, numels, strict=True)],
             max_abs=max_abs,
             global_norm=host["total"][0],
-            nonfinite_tensors=len(bad),
+            nonfinite_tensors=0,
         )
+        self._check_norms(record, pending.values)
         if "coef" in host:
             record.clip_coef = host["coef"][0]
             record.clip_rate = host["bites"][0] / (k + 1)
@@ -306,29 +305,52 @@ class Tracker:
         if "amp_scale" in host:
             record.amp_scale = host["amp_scale"][0]
             record.amp_overflow_skip = 0
-        if bad:
-            counts = S.nonfinite_counts([pending.values[i] for i in bad])
-            record.nonfinite_elements = {names[i]: c for i, c in zip(bad, counts, strict=True)}
         if pending.detail:
             self._add_detail(record, pending, host)
         return record
 
+    @staticmethod
+    def _check_norms(record: StepRecord, values: list[Tensor]) -> None:
+        """Second looks, on the rare steps that need one (each costs a pass and a sync).
+
+        A non-finite norm or max: count the NaN/Inf elements (a float32 overflow of a finite
+        gradient's norm counts none and is recomputed). A norm of 0 under a non-zero max: the
+        squares underflowed; recompute it exactly.
+        """
+        norm, max_abs = record.norm, record.max_abs
+        bad = [i for i in range(len(norm)) if not (_finite(max_abs[i]) and _finite(norm[i]))]
+        if bad:
+            counts = S.nonfinite_counts([values[i] for i in bad])
+            for i, c in zip(bad, counts, strict=True):
+                record.nonfinite_elements[record.names[i]] = c
+            record.nonfinite_tensors = sum(1 for c in counts if c)
+        redo = [
+            i
+            for i in range(len(norm))
+            if (norm[i] == 0.0 < max_abs[i])
+            or (i in bad and record.nonfinite_elements[record.names[i]] == 0)
+        ]
+        if redo:
+            for i, exact in zip(redo, S.exact_norms([values[i] for i in redo]), strict=True):
+                norm[i] = exact
+            if record.nonfinite_tensors == 0:
+                record.global_norm = math.sqrt(sum(x * x for x in norm))
+
     def _add_detail(
         self, record: StepRecord, pending: _Pending, host: dict[str, list[float]]
     ) -> None:
-        names = record.names
-        numels = [p.numel() for p in pending.now.params]
         vb, lb = S.VALUE_BINS, S.LOG10_BINS
         log_edges = S.log10_edges()
-        for i, name in enumerate(names):
-            implicit_zeros = numels[i] - pending.values[i].numel()  # a sparse gradient's
+        for i, (name, p) in enumerate(zip(record.names, pending.now.params, strict=True)):
+            numel = p.numel()
+            implicit_zeros = numel - pending.values[i].numel()  # a sparse gradient's
+            nonfinite = record.nonfinite_elements.setdefault(name, 0)
             counts = host["hist_values"][i * vb : (i + 1) * vb]
-            counts[vb // 2] += implicit_zeros  # the bin that holds 0
+            counts[vb // 2] += implicit_zeros - nonfinite  # the bin that holds 0
             record.value_hist[name] = Histogram(counts, S.value_edges(host["hist_scale"][i]))
             logs = host["hist_log10"][i * lb : (i + 1) * lb]
             record.log10_hist[name] = Histogram(logs, log_edges).trimmed()
-            record.zero_frac[name] = (host["hist_zeros"][i] + implicit_zeros) / numels[i]
-            record.nonfinite_elements[name] = int(host["hist_nonfinite"][i])
+            record.zero_frac[name] = (numel - sum(logs) - nonfinite) / numel
             record.param_norm[name] = host["param_norm"][i]
             if "update_ratio" in host:
                 record.update_ratio[name] = host["update_ratio"][i]

@@ -48,14 +48,14 @@ def test_logged_statistics_equal_recomputation_from_param_grad() -> None:
     for (step, row), grads in zip(sink.rows, seen, strict=True):
         assert row["gradwandb/step"] == step
         flat = torch.cat([g.reshape(-1).double() for g in grads.values()])
-        assert row["grad/global_norm"] == pytest.approx(flat.norm().item(), rel=1e-9)
+        assert row["grad/global_norm"] == pytest.approx(flat.norm().item(), rel=1e-6)
         assert row["grad/nonfinite"] == 0
         assert row["grad/clip_coef"] == 1.0
         for name, g in grads.items():
             gd = g.double()
-            assert row[f"grad_norm/{name}"] == pytest.approx(gd.norm().item(), rel=1e-9)
+            assert row[f"grad_norm/{name}"] == pytest.approx(gd.norm().item(), rel=1e-6)
             assert row[f"grad_mean_abs/{name}"] == pytest.approx(gd.abs().mean().item(), rel=1e-6)
-            assert row[f"grad_max_abs/{name}"] == pytest.approx(gd.abs().max().item(), rel=1e-9)
+            assert row[f"grad_max_abs/{name}"] == pytest.approx(gd.abs().max().item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("max_norm", [0.05, 1e6])
@@ -219,3 +219,29 @@ def test_gradients_are_untouched_without_clipping() -> None:
     after = _grads(model)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_vanishing_and_nonfinite_layers_on_a_histogram_step() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sink = MemorySink()
+    with gradwandb.watch(model, opt, sink=sink, hist_every=1):
+        _backward(model, 0)
+        assert model[0].weight.grad is not None and model[4].weight.grad is not None
+        model[0].weight.grad.mul_(1e-24)  # squares underflow float32
+        model[4].weight.grad[0, :3] = torch.tensor([math.nan, math.inf, 0.0])
+        grads = _grads(model)
+        opt.step()
+    row = sink.last()
+    tiny = grads["0.weight"].double()
+    assert row["grad_norm/0.weight"] == pytest.approx(tiny.norm().item(), rel=1e-6)
+    assert row["grad/nonfinite"] == 1
+    assert row["grad_nonfinite/4.weight"] == 2
+    assert row["grad_nonfinite/0.weight"] == 0
+    bad = grads["4.weight"]
+    finite = bad[torch.isfinite(bad)]
+    hist = row["grad_hist/4.weight"]
+    assert isinstance(hist, Histogram)
+    assert sum(hist.counts) == finite.numel()
+    assert hist.edges[-1] == pytest.approx(finite.abs().max().item(), rel=1e-6)
+    assert row["grad_zero_frac/4.weight"] == pytest.approx((finite == 0).sum().item() / bad.numel())

@@ -1,0 +1,144 @@
+"""The ``gradwandb`` command line.
+
+Each subcommand is one function, named after it, listed in :data:`COMMANDS`: it receives its
+own argument parser, adds its flags, and returns the handler that runs it with the parsed
+arguments and returns the exit status. Its docstring's first line is its ``--help`` summary.
+
+    gradwandb demo --steps 100 --cell lstm
+    python -m gradwandb demo --online
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from gradwandb import __version__
+from gradwandb.models import CELLS
+
+Handler = Callable[[argparse.Namespace], int]
+Command = Callable[[argparse.ArgumentParser], Handler]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def clip_value(text: str) -> float | None:
+    """An argparse type: a max gradient norm, or ``none`` for no clipping."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    return positive_float(text)
+
+
+def demo(parser: argparse.ArgumentParser) -> Handler:
+    """Train a small seq2seq model on sequence reversal and log its gradients to W&B."""
+    parser.add_argument("--steps", type=positive_int, default=300, help="optimizer steps")
+    parser.add_argument("--batch", type=positive_int, default=32, help="sequences per batch")
+    parser.add_argument("--seq-len", type=positive_int, default=20, help="sequence length")
+    parser.add_argument("--vocab", type=_vocab_size, default=50, help="vocabulary size")
+    parser.add_argument("--hidden", type=positive_int, default=64, help="hidden size")
+    parser.add_argument("--cell", choices=sorted(CELLS), default="rnn", help="recurrent cell")
+    parser.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate")
+    parser.add_argument(
+        "--clip",
+        type=clip_value,
+        default=1.0,
+        metavar="MAX_NORM",
+        help="clip the global gradient norm to this, or 'none'",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights and data")
+    parser.add_argument("--project", default="gradwandb-demo", help="W&B project")
+    parser.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="write the run under DIR/wandb/; unset: under $WANDB_DIR or the current folder",
+    )
+    parser.add_argument(
+        "--online",
+        action="store_true",
+        help="let W&B decide the mode (log in and upload live) instead of logging offline",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    def handler(args: argparse.Namespace) -> int:
+        from gradwandb.demo import run_demo
+
+        run_demo(
+            steps=args.steps,
+            batch=args.batch,
+            seq_len=args.seq_len,
+            vocab=args.vocab,
+            hidden=args.hidden,
+            cell=args.cell,
+            lr=args.lr,
+            clip=args.clip,
+            seed=args.seed,
+            project=args.project,
+            dir=args.dir,
+            online=args.online,
+            progress=not args.no_progress,
+        )
+        return 0
+
+    return handler
+
+
+COMMANDS: tuple[Command, ...] = (demo,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gradwandb`` parser with every subcommand in :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="gradwandb",
+        description="Gradient health for PyTorch training, logged to Weights & Biases.",
+    )
+    parser.add_argument("--version", action="version", version=f"gradwandb {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        summary = (command.__doc__ or "").strip().splitlines()[0]
+        sub = subparsers.add_parser(
+            command.__name__,
+            help=summary,
+            description=summary,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        sub.set_defaults(handler=command(sub))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``gradwandb`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("gradwandb: interrupted", file=sys.stderr)
+        return 130
+
+
+def _vocab_size(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {value}")
+    return value
