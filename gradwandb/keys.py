@@ -56,6 +56,7 @@ PARAMS_TABLE = "gradwandb/params"
 PARAMS_TOTAL = "gradwandb/params_total"
 PARAMS_TRAINABLE = "gradwandb/params_trainable"
 PARAMS_FROZEN = "gradwandb/params_frozen"
+PARAM_ORDER = "gradwandb/param_order"  # watched names in forward (registration) order
 
 # Run summary, written by diagnosis.
 VERDICT = "gradwandb/verdict"

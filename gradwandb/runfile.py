@@ -33,7 +33,7 @@ class RunLog:
         """``(W&B step, value)`` for every row that holds ``key``."""
         return [(row["_step"], row[key]) for row in self.history if key in row]
 
-    def keys(self) -> set[str]:
+    def metric_keys(self) -> set[str]:
         """Every key that appears in any history row."""
         return {k for row in self.history for k in row}
 

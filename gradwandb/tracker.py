@@ -104,6 +104,7 @@ class Tracker:
                 keys.scalar(K.PARAMS_TOTAL): info.total,
                 keys.scalar(K.PARAMS_TRAINABLE): info.trainable,
                 keys.scalar(K.PARAMS_FROZEN): info.frozen,
+                keys.scalar(K.PARAM_ORDER): list(self.names),
             }
         )
         if optimizer is not None:
@@ -118,6 +119,11 @@ class Tracker:
                 self._hooks, lambda: self._shielded(None, self._whole_step)
             )
             self._backward_end.refresh(self._params)
+            # a parameter unfrozen later has no hook yet: look again before each forward
+            refresh = self._backward_end.refresh
+            self._hooks.add(
+                "refresh", model.register_forward_pre_hook(lambda m, a: refresh(self._params))
+            )
         if scaler is not None:
             wrap_method(self._hooks, scaler, "step", self._scaler_step)
         on_finish = getattr(sink, "on_finish", None)

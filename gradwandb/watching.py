@@ -87,10 +87,10 @@ def watch(
     else:
         destination = f"sink-{id(sink)}"
 
+    keys = Keys(_tag(destination, model, name))
     previous = _TRACKERS.get(model)
     if previous is not None:
         previous.remove()  # watching again replaces the old hooks, never doubles them
-    keys = Keys(_tag(destination, model, name))
     tracker = Tracker(
         model,
         named,

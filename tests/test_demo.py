@@ -75,7 +75,7 @@ def test_clip_coef_is_in_unit_interval_and_clipping_bit(demo: Demo) -> None:
 
 
 def test_every_parameter_has_its_keys(demo: Demo) -> None:
-    keys = demo.log.keys()
+    keys = demo.log.metric_keys()
     assert "grad_norm/encoder.weight_ih_l0" in keys
     assert "grad_norm/decoder.weight_hh_l0" in keys
     for name, _ in Seq2Seq(VOCAB, HIDDEN).named_parameters():
