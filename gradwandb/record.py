@@ -4,8 +4,7 @@ A :class:`StepRecord` is what every consumer downstream of the statistics reads 
 through :func:`to_row`, diagnosis rules, tests): the values are plain Python floats, already
 moved off the device.
 
->>> record = StepRecord(step=3, names=["w"], norm=[0.5], mean_abs=[0.1], max_abs=[0.9],
-...                     global_norm=0.5, nonfinite_tensors=0)
+>>> record = StepRecord(step=3, names=["w"], norm=[0.5], global_norm=0.5)
 >>> to_row(record, Keys())["grad_norm/w"]
 0.5
 """
@@ -26,11 +25,11 @@ class StepRecord:
 
     step: int
     names: list[str]  # the parameters that had a gradient, in selection order
-    norm: list[float]
-    mean_abs: list[float]
-    max_abs: list[float]
+    norm: list[float]  # per-layer L2 norms
     global_norm: float
-    nonfinite_tensors: int
+    nonfinite_tensors: int = 0
+    mean_abs: list[float] = field(default_factory=list)  # on stats steps only
+    max_abs: list[float] = field(default_factory=list)  # on stats steps only
     clip_coef: float = 1.0
     clip_threshold: float | None = None
     clip_rate: float | None = None
@@ -65,7 +64,7 @@ def to_row(record: StepRecord, keys: Keys) -> dict[str, Value]:
         (K.GRAD_MEAN_ABS, record.mean_abs),
         (K.GRAD_MAX_ABS, record.max_abs),
     ):
-        for name, value in zip(record.names, values, strict=True):
+        for name, value in zip(record.names, values, strict=False):  # [] off stats steps
             row[keys.param(family, name)] = value
     per_name: tuple[tuple[str, Mapping[str, Value]], ...] = (
         (K.GRAD_NONFINITE, record.nonfinite_elements),

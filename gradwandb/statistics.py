@@ -51,8 +51,8 @@ def _accumulator(t: Tensor) -> Tensor:
     return flat.float() if flat.dtype in _LOW_PRECISION else flat
 
 
-def _foreach_rows(tensors: Sequence[Tensor]) -> Tensor:
-    """[3, n] of L2, L1 and max-abs with fused multi-tensor kernels (accelerators).
+def _foreach_rows(tensors: Sequence[Tensor], orders: Sequence[float]) -> Tensor:
+    """[len(orders), n] vector norms with fused multi-tensor kernels (accelerators).
 
     One launch group per dtype; results are placed back in order with ``stack`` so no index
     tensor has to be copied to the device.
@@ -60,36 +60,53 @@ def _foreach_rows(tensors: Sequence[Tensor]) -> Tensor:
     groups: dict[torch.dtype, list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault(t.dtype, []).append(i)
-    rows: list[list[Tensor | None]] = [[None] * len(tensors) for _ in range(3)]
+    rows: list[list[Tensor | None]] = [[None] * len(tensors) for _ in orders]
     for dtype, idx in groups.items():
         group = [tensors[i] for i in idx]
         acc = torch.float32 if dtype in _LOW_PRECISION else None
-        for row, order in ((NORM, 2.0), (L1_SUM, 1.0), (MAX_ABS, math.inf)):
+        for row, order in enumerate(orders):
             for i, value in zip(idx, torch._foreach_norm(group, order, dtype=acc), strict=True):
                 rows[row][i] = value
     return torch.stack([torch.stack([v.double() for v in r if v is not None]) for r in rows])
 
 
+def _cpu_norms(flats: Sequence[Tensor]) -> Tensor:
+    """L2 norms as ``sqrt(dot(g, g))``: one BLAS pass, fast even on denormals (CPU)."""
+    return torch.stack([torch.dot(f, f) for f in flats]).double().sqrt()
+
+
 def _cpu_rows(tensors: Sequence[Tensor]) -> Tensor:
     """[3, n] of L2, L1 and max-abs with per-tensor kernels (CPU).
 
-    The L2 norm is ``sqrt(dot(g, g))`` (one BLAS pass), max|g| comes from ``aminmax`` (one
-    pass of comparisons, cheap even on denormals), the L1 sums from one ``_foreach_norm``.
+    max|g| comes from ``aminmax`` (one pass of comparisons, cheap even on denormals), the L1
+    sums from one ``_foreach_norm``.
     """
     flats = [_accumulator(t) for t in tensors]
-    squares, lows, highs = [], [], []
+    lows, highs = [], []
     for f in flats:
-        squares.append(torch.dot(f, f))
         if f.numel():
             low, high = torch.aminmax(f)
         else:  # a sparse gradient with no stored values
             low = high = f.new_zeros(())
         lows.append(low)
         highs.append(high)
-    l2 = torch.stack(squares).double().sqrt()
     l1 = torch.stack(torch._foreach_norm(flats, 1.0)).double()
     mx = torch.maximum(-torch.stack(lows), torch.stack(highs)).double()
-    return torch.stack([l2, l1, mx])
+    return torch.stack([_cpu_norms(flats), l1, mx])
+
+
+def grad_norms(tensors: Sequence[Tensor]) -> Tensor:
+    """Float64 [n] L2 norms on the tensors' device: the one pass every step needs.
+
+    Norms accumulate in the gradient's precision (float32 for half types), as
+    ``clip_grad_norm_`` does: a tensor whose elements are all below ~1e-19 has squares that
+    underflow to a norm of 0, which :func:`exact_norms` corrects on request.
+    """
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64)
+    if tensors[0].device.type == "cpu":
+        return _cpu_norms([_accumulator(t) for t in tensors])
+    return _foreach_rows(tensors, (2.0,))[0]
 
 
 def grad_stats(tensors: Sequence[Tensor]) -> Tensor:
@@ -98,15 +115,12 @@ def grad_stats(tensors: Sequence[Tensor]) -> Tensor:
     ``tensors`` are the values from :func:`dense_values`, all on one device. The mean
     |g| is ``sum|g| / numel`` of the full gradient, divided on the host (a sparse gradient's
     implicit zeros count). A NaN in a tensor makes its norm and max NaN; an Inf makes them Inf.
-    Norms accumulate in the gradient's precision (float32 for half types), as
-    ``clip_grad_norm_`` does: a tensor whose elements are all below ~1e-19 has squares that
-    underflow, so :func:`exact_norms` recomputes those on request.
     """
     if not tensors:
         return torch.zeros(3, 0, dtype=torch.float64)
     if tensors[0].device.type == "cpu":
         return _cpu_rows(tensors)
-    return _foreach_rows(tensors)
+    return _foreach_rows(tensors, (2.0, 1.0, math.inf))
 
 
 def exact_norms(tensors: Sequence[Tensor]) -> list[float]:

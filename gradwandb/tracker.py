@@ -42,13 +42,25 @@ class StopTraining(RuntimeError):
     """Raised on purpose by gradwandb to stop a run; passes through the error shield."""
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one step does, cheapest tier first; each tier includes the ones before it."""
+
+    log: bool  # global norm, clipping, non-finite count, per-layer L2 norms
+    stats: bool  # + mean|g|, max|g|, weight norms, update ratios
+    hist: bool  # + histograms
+
+    @property
+    def anything(self) -> bool:
+        return self.log
+
+
 @dataclass
 class _Pending:
     """Device-side results of a step between the pre-hook and the post-hook."""
 
     step: int
-    log: bool
-    detail: bool
+    plan: _Plan
     now: Present
     values: list[Tensor]
     device: dict[str, Tensor] = field(default_factory=dict)
@@ -72,6 +84,7 @@ class Tracker:
         sink: Sink,
         keys: Keys,
         log_every: Schedule,
+        stats_every: Schedule,
         hist_every: Schedule,
         clip: ClipPolicy | None,
         scaler: Any | None,
@@ -86,6 +99,7 @@ class Tracker:
         self.names = [n for n, _ in named]
         self._params = [p for _, p in named]
         self._log_at = log_every
+        self._stats_at = stats_every
         self._hist_at = hist_every
         self._info = info
         self._step = 0
@@ -202,32 +216,43 @@ class Tracker:
 
     # -- the step -------------------------------------------------------------------------
 
+    def _plan(self, k: int) -> _Plan:
+        hist = self._hist_at(k)
+        stats = hist or self._stats_at(k)
+        return _Plan(log=stats or self._log_at(k), stats=stats, hist=hist)
+
     def _pre_step(self) -> None:
         if not self.sink.alive():
             self._detach()
             return
         k = self._step
-        log, detail = self._log_at(k), self._hist_at(k)
+        plan = self._plan(k)
         self._pending = None
-        if not (log or detail or self.clip is not None):
+        if not (plan.anything or self.clip is not None):
             return  # nothing scheduled: no work, no sync
         now = present(self._params)
         if not now.grads:
             return
         values = [S.dense_values(g) for g in now.grads]
-        stats = S.grad_stats(values)
-        total = S.global_norm(stats[S.NORM])
-        pending = _Pending(k, log, detail, now, values, {"stats": stats, "total": total})
-        if detail:
-            # before clipping: the histograms show what arrived
+        pending = _Pending(k, plan, now, values)
+        if plan.stats:
+            stats = S.grad_stats(values)
+            norms = stats[S.NORM]
+            pending.device["stats"] = stats
+        else:
+            norms = S.grad_norms(values)
+            pending.device["norms"] = norms
+        total = S.global_norm(norms)
+        pending.device["total"] = total
+        if plan.hist:  # before clipping: the histograms show what arrived
             hist = S.histograms(values, stats[S.MAX_ABS])
             pending.device.update(
                 hist_values=hist.values, hist_scale=hist.scale, hist_log10=hist.log10
             )
-            if self.optimizer is not None:
-                pending.snapshot = [p.detach().clone() for p in now.params]
+        if plan.stats and self.optimizer is not None:
+            pending.snapshot = [p.detach().clone() for p in now.params]
         if self.clip is not None:
-            result = self.clip.clip_(now.grads, stats[S.NORM], total, now.params)
+            result = self.clip.clip_(now.grads, norms, total, now.params)
             bit = (result.coef < 1.0).to(torch.float64)
             self._bites = bit if self._bites is None else self._bites + bit
             pending.device.update(coef=result.coef, bites=self._bites)
@@ -242,9 +267,9 @@ class Tracker:
         pending, self._pending = self._pending, None
         k = self._step
         self._step += 1
-        if pending is None or not (pending.log or pending.detail):
+        if pending is None or not pending.plan.anything:
             return
-        if pending.detail:
+        if pending.plan.stats:
             params = pending.now.params
             pending.device["param_norm"] = S.tensor_norms(params)
             if pending.snapshot is not None:
@@ -288,20 +313,17 @@ class Tracker:
         self._step += 1
 
     def _record(self, k: int, pending: _Pending, host: dict[str, list[float]]) -> StepRecord:
-        n = len(pending.now.index)
-        stats = host["stats"]
-        norm, l1, max_abs = stats[:n], stats[n : 2 * n], stats[2 * n :]
-        numels = [p.numel() for p in pending.now.params]
         names = [self.names[i] for i in pending.now.index]
+        n = len(names)
         record = StepRecord(
-            step=k,
-            names=names,
-            norm=norm,
-            mean_abs=[a / c for a, c in zip(l1, numels, strict=True)],
-            max_abs=max_abs,
-            global_norm=host["total"][0],
-            nonfinite_tensors=0,
+            step=k, names=names, norm=host.get("norms", []), global_norm=host["total"][0]
         )
+        if "stats" in host:
+            stats = host["stats"]
+            numels = [p.numel() for p in pending.now.params]
+            record.norm = stats[:n]
+            record.mean_abs = [a / c for a, c in zip(stats[n : 2 * n], numels, strict=True)]
+            record.max_abs = stats[2 * n :]
         self._check_norms(record, pending.values)
         if "coef" in host:
             record.clip_coef = host["coef"][0]
@@ -311,38 +333,45 @@ class Tracker:
         if "amp_scale" in host:
             record.amp_scale = host["amp_scale"][0]
             record.amp_overflow_skip = 0
-        if pending.detail:
-            self._add_detail(record, pending, host)
+        if pending.plan.stats:
+            self._add_stats(record, pending, host)
+        if pending.plan.hist:
+            self._add_hist(record, pending, host)
         return record
 
     @staticmethod
     def _check_norms(record: StepRecord, values: list[Tensor]) -> None:
         """Second looks, on the rare steps that need one (each costs a pass and a sync).
 
-        A non-finite norm or max: count the NaN/Inf elements (a float32 overflow of a finite
-        gradient's norm counts none and is recomputed). A norm of 0 under a non-zero max: the
-        squares underflowed; recompute it exactly.
+        A non-finite norm (or max): count the NaN/Inf elements; a float32 overflow of a
+        finite gradient's norm counts none and is recomputed. A norm of 0 may be squares that
+        underflowed (when max|g| is non-zero, or unknown off stats steps): recompute it.
         """
-        norm, max_abs = record.norm, record.max_abs
-        bad = [i for i in range(len(norm)) if not (_finite(max_abs[i]) and _finite(norm[i]))]
-        if bad:
-            counts = S.nonfinite_counts([values[i] for i in bad])
-            for i, c in zip(bad, counts, strict=True):
-                record.nonfinite_elements[record.names[i]] = c
-            record.nonfinite_tensors = sum(1 for c in counts if c)
-        redo = [
-            i
-            for i in range(len(norm))
-            if (norm[i] == 0.0 < max_abs[i])
-            or (i in bad and record.nonfinite_elements[record.names[i]] == 0)
-        ]
+        norm, top = record.norm, record.max_abs
+        known = bool(top)
+        bad = [i for i, x in enumerate(norm) if not (_finite(x) and (not known or _finite(top[i])))]
+        counts = dict(zip(bad, S.nonfinite_counts([values[i] for i in bad]), strict=True))
+        for i, c in counts.items():
+            record.nonfinite_elements[record.names[i]] = c
+        record.nonfinite_tensors = sum(1 for c in counts.values() if c)
+        underflow = [i for i, x in enumerate(norm) if x == 0.0 and (not known or top[i] > 0)]
+        redo = underflow + [i for i, c in counts.items() if c == 0]
         if redo:
             for i, exact in zip(redo, S.exact_norms([values[i] for i in redo]), strict=True):
                 norm[i] = exact
             if record.nonfinite_tensors == 0:
                 record.global_norm = math.sqrt(sum(x * x for x in norm))
 
-    def _add_detail(
+    def _add_stats(
+        self, record: StepRecord, pending: _Pending, host: dict[str, list[float]]
+    ) -> None:
+        for i, name in enumerate(record.names):
+            record.nonfinite_elements.setdefault(name, 0)
+            record.param_norm[name] = host["param_norm"][i]
+            if "update_ratio" in host:
+                record.update_ratio[name] = host["update_ratio"][i]
+
+    def _add_hist(
         self, record: StepRecord, pending: _Pending, host: dict[str, list[float]]
     ) -> None:
         vb, lb = S.VALUE_BINS, S.LOG10_BINS
@@ -350,16 +379,13 @@ class Tracker:
         for i, (name, p) in enumerate(zip(record.names, pending.now.params, strict=True)):
             numel = p.numel()
             implicit_zeros = numel - pending.values[i].numel()  # a sparse gradient's
-            nonfinite = record.nonfinite_elements.setdefault(name, 0)
+            nonfinite = record.nonfinite_elements[name]
             counts = host["hist_values"][i * vb : (i + 1) * vb]
             counts[vb // 2] += implicit_zeros - nonfinite  # the bin that holds 0
             record.value_hist[name] = Histogram(counts, S.value_edges(host["hist_scale"][i]))
             logs = host["hist_log10"][i * lb : (i + 1) * lb]
             record.log10_hist[name] = Histogram(logs, log_edges).trimmed()
             record.zero_frac[name] = (numel - sum(logs) - nonfinite) / numel
-            record.param_norm[name] = host["param_norm"][i]
-            if "update_ratio" in host:
-                record.update_ratio[name] = host["update_ratio"][i]
 
 
 def _finite(x: float) -> bool:

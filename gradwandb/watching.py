@@ -45,6 +45,7 @@ def watch(
     run: Any = None,
     sink: Sink | None = None,
     log_every: ScheduleLike | None = 1,
+    stats_every: ScheduleLike | None = 10,
     hist_every: ScheduleLike | None = 100,
     clip: float | ClipPolicy | None = None,
     params: ParamFilter = None,
@@ -60,8 +61,11 @@ def watch(
             each backward pass counts as a step.
         run: the W&B run to log to; default the active ``wandb.run``.
         sink: log somewhere other than W&B (e.g. :class:`gradwandb.MemorySink`).
-        log_every: log the scalar statistics every this many steps (or a ``step -> bool``).
-        hist_every: log histograms, weight norms and update ratios every this many steps.
+        log_every: log the global norm, clipping, non-finite count and per-layer L2 norms
+            every this many steps (an int, a ``step -> bool``, or None). One pass.
+        stats_every: also log mean|g|, max|g|, weight norms and update ratios (three passes
+            and a copy of the weights).
+        hist_every: also log gradient histograms. Each tier includes the ones before it.
         clip: a max global norm to clip to, or a :class:`ClipPolicy`. Clipping reuses the
             norms already computed and happens before the optimizer reads the gradients.
         params: which parameters: a name prefix, a list of prefixes, or ``(name, p) -> bool``.
@@ -75,6 +79,7 @@ def watch(
     if optimizer is not None:
         check_optimizer(optimizer, named)
     log_schedule = as_schedule("log_every", log_every)
+    stats_schedule = as_schedule("stats_every", stats_every)
     hist_schedule = as_schedule("hist_every", hist_every)
     policy = as_policy(clip)
     if scaler is not None and not callable(getattr(scaler, "step", None)):
@@ -98,6 +103,7 @@ def watch(
         sink=sink,
         keys=keys,
         log_every=log_schedule,
+        stats_every=stats_schedule,
         hist_every=hist_schedule,
         clip=policy,
         scaler=scaler,

@@ -380,7 +380,7 @@ def test_without_optimizer_one_row_per_backward_same_keys():
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         sink = sinks[with_optimizer] = MemorySink()
         tracker = gradwandb.watch(
-            model, opt if with_optimizer else None, sink=sink, hist_every=None
+            model, opt if with_optimizer else None, sink=sink, stats_every=None, hist_every=None
         )
         gen = torch.Generator().manual_seed(1)
         for _ in range(5):

@@ -25,7 +25,8 @@ def _reference(t: torch.Tensor) -> tuple[float, float, float]:
 @pytest.mark.parametrize("path", ["cpu", "foreach"])
 def test_grad_stats_match_direct_recomputation(dtype: torch.dtype, path: str) -> None:
     tensors = _tensors(dtype)
-    rows = S._cpu_rows(tensors) if path == "cpu" else S._foreach_rows(tensors)
+    rows = S._cpu_rows(tensors) if path == "cpu" else S._foreach_rows(tensors, (2.0, 1.0, math.inf))
+    assert S.grad_norms(tensors).tolist() == pytest.approx(rows[S.NORM].tolist(), rel=1e-6)
     rows[S.L1_SUM] /= torch.tensor([t.numel() for t in tensors], dtype=torch.float64)
     tol = 1e-6 if dtype in (torch.float32, torch.float64) else 1e-2
     for i, t in enumerate(tensors):

@@ -38,7 +38,7 @@ def test_logged_statistics_equal_recomputation_from_param_grad() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sink = MemorySink()
     seen: list[dict[str, torch.Tensor]] = []
-    with gradwandb.watch(model, opt, sink=sink, hist_every=None):
+    with gradwandb.watch(model, opt, sink=sink, stats_every=1, hist_every=None):
         for i in range(3):
             opt.zero_grad()
             _backward(model, i)
@@ -245,3 +245,36 @@ def test_vanishing_and_nonfinite_layers_on_a_histogram_step() -> None:
     assert sum(hist.counts) == finite.numel()
     assert hist.edges[-1] == pytest.approx(finite.abs().max().item(), rel=1e-6)
     assert row["grad_zero_frac/4.weight"] == pytest.approx((finite == 0).sum().item() / bad.numel())
+
+
+def test_default_tiers_norms_every_step_stats_every_10_histograms_every_100() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sink = MemorySink()
+    with gradwandb.watch(model, opt, sink=sink):
+        for i in range(101):
+            opt.zero_grad()
+            _backward(model, i)
+            opt.step()
+    steps = {family: [s for s, row in sink.rows if f"{family}/0.weight" in row] for family in
+             ("grad_norm", "grad_max_abs", "update_ratio", "grad_hist")}  # fmt: skip
+    assert steps["grad_norm"] == list(range(101))
+    assert steps["grad_max_abs"] == steps["update_ratio"] == list(range(0, 101, 10))
+    assert steps["grad_hist"] == [0, 100]
+    assert all("grad/global_norm" in row for _, row in sink.rows)
+
+
+def test_a_zero_gradient_is_not_taken_for_underflow() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sink = MemorySink()
+    with gradwandb.watch(model, opt, sink=sink, stats_every=None, hist_every=None):
+        _backward(model, 0)
+        assert model[0].bias.grad is not None and model[2].bias.grad is not None
+        model[0].bias.grad.zero_()
+        model[2].bias.grad.fill_(1e-30)  # squares underflow float32: recomputed exactly
+        opt.step()
+    row = sink.last()
+    assert row["grad_norm/0.bias"] == 0.0
+    assert row["grad_norm/2.bias"] == pytest.approx(1e-30 * math.sqrt(8), rel=1e-6)
+    assert "grad_max_abs/0.bias" not in row

@@ -150,7 +150,7 @@ def test_logged_norms_equal_recomputation(wandb_run):
     run = wandb_run()
     model = tiny_model(3)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    tracker = gradwandb.watch(model, opt, run=run, hist_every=None)
+    tracker = gradwandb.watch(model, opt, run=run, stats_every=1, hist_every=None)
     seen = capture_grads(opt, model)
     gen = torch.Generator().manual_seed(4)
     for _ in range(4):
