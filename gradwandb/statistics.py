@@ -22,6 +22,7 @@ since on an accelerator that copy would wait for the queued work.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,8 +31,9 @@ from torch import Tensor
 
 NORM, L1_SUM, MAX_ABS = 0, 1, 2  # rows of the grad_stats matrix
 VALUE_BINS = 64
-LOG10_LOW, LOG10_HIGH, LOG10_BINS = -45.0, 40.0, 170  # fixed half-decade bins over all float32
+LOG10_BINS = 128  # magnitude bins: two binary orders each, spanning float32
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def dense_values(grad: Tensor) -> Tensor:
@@ -142,9 +144,13 @@ def global_norm(norms: Tensor) -> Tensor:
     return total
 
 
-def nonfinite_flags(stats: Tensor) -> Tensor:
-    """Bool [n]: which tensors hold a NaN or Inf, read off the stats without another pass."""
-    return ~(torch.isfinite(stats[MAX_ABS]) & torch.isfinite(stats[NORM]))
+def nonfinite_flags(norms: Tensor) -> Tensor:
+    """Bool [n]: which tensors may hold a NaN or Inf, read off their L2 norms (no pass).
+
+    A NaN or Inf element makes the norm NaN or Inf; so does a float32 overflow of a finite
+    gradient's norm, which :func:`nonfinite_counts` tells apart.
+    """
+    return ~torch.isfinite(norms)
 
 
 def nonfinite_counts(tensors: Sequence[Tensor]) -> list[int]:
@@ -156,37 +162,68 @@ def nonfinite_counts(tensors: Sequence[Tensor]) -> list[int]:
 class Histograms:
     """Device tensors for the histogram step of ``n`` tensors.
 
-    ``values`` [n, VALUE_BINS] counts the finite values (NaN/Inf read as 0) over
-    [-scale, scale]; ``log10`` [n, LOG10_BINS] counts log10|g| of the finite non-zero values
-    over the fixed edges :func:`log10_edges`, which span every float32 magnitude, so
-    ``numel - sum(log10)`` is the number of zeros plus non-finite elements.
+    ``values`` [n, VALUE_BINS] counts the finite values over [-scale, scale] (NaN and Inf
+    fall outside); ``log10`` [n, LOG10_BINS] counts magnitudes by float32 exponent, two
+    binary orders (0.6 decades) a bin (see :func:`log10_edges`): bin 0 also holds the zeros
+    and bin LOG10_BINS-1 the NaN/Inf, which the host takes back out with ``zeros`` [n] and
+    the non-finite counts it has.
     """
 
     values: Tensor
     scale: Tensor
     log10: Tensor
+    zeros: Tensor
+
+
+def _magnitude_bins(flat: Tensor) -> Tensor:
+    """Counts of float32 ``flat`` per pair of binary exponents, read off the bits (no log).
+
+    The top byte of a little-endian float32 is the sign and the 7 high exponent bits, so
+    masking the sign off gives the bin directly, one byte per element.
+    """
+    top_byte = flat.contiguous().view(torch.uint8)[3::4] if _LITTLE_ENDIAN else None
+    if top_byte is None:
+        exponent = torch.frexp(flat)[1] + 126  # the same bins, computed
+        index = (exponent.clamp(0, 255) // 2).to(torch.uint8)
+    else:
+        index = top_byte & 0x7F
+    if flat.device.type == "cpu":
+        return torch.bincount(index, minlength=LOG10_BINS).double()
+    # bincount sizes its output from the data on accelerators (a sync); histc does not.
+    return torch.histc(index.float(), LOG10_BINS, 0, LOG10_BINS).double()
 
 
 def histograms(tensors: Sequence[Tensor], max_abs: Tensor) -> Histograms:
-    """Histograms of each tensor, with no host sync (ranges stay on the device).
+    """Histograms of each tensor. On an accelerator the ranges stay on the device (no sync).
 
-    ``max_abs`` [n] is the MAX_ABS row of :func:`grad_stats`. NaN and Inf are set to zero
-    first, so a tensor that holds them still gets a histogram of its finite values (the zeros
-    they add are taken back on the host, where the non-finite counts are known).
+    ``max_abs`` [n] is the MAX_ABS row of :func:`grad_stats`; for a tensor holding NaN/Inf it
+    is not finite and the range comes from the finite values instead.
     """
-    values, scales, logs = [], [], []
-    for t, top in zip(tensors, max_abs, strict=True):
-        flat = torch.nan_to_num(_accumulator(t.detach()), nan=0.0, posinf=0.0, neginf=0.0)
-        magnitude = flat.abs()
-        finite_top = torch.where(torch.isfinite(top), top, magnitude.amax().double())
-        scale = torch.where(finite_top > 0, finite_top, 1.0).to(flat.dtype)
-        values.append(torch.histc(flat / scale, VALUE_BINS, -1, 1))
-        # log10(0) is -inf, outside the range: zeros fall out of this histogram.
-        logs.append(torch.histc(torch.log10(magnitude), LOG10_BINS, LOG10_LOW, LOG10_HIGH))
-        scales.append(scale.double())
+    flats = [t.detach().reshape(-1).float() for t in tensors]
+    on_cpu = bool(flats) and flats[0].device.type == "cpu"
+    values, scales = [], []
+    tops = max_abs.tolist() if on_cpu else max_abs  # reading a CPU tensor is no sync
+    for flat, top in zip(flats, tops, strict=True):
+        if on_cpu:  # a host-side range: histc straight on the gradient, no extra pass
+            scale = float(top) if math.isfinite(top) else _finite_max(flat).item()
+            scale = scale if scale > 0 else 1.0
+            values.append(torch.histc(flat, VALUE_BINS, -scale, scale).double())
+            scales.append(torch.tensor(scale, dtype=torch.float64))
+        else:  # a device-side range: scale the values into [-1, 1] instead
+            finite_top = torch.where(torch.isfinite(top), top, _finite_max(flat).double())
+            dev_scale = torch.where(finite_top > 0, finite_top, 1.0)
+            values.append(torch.histc(flat / dev_scale.float(), VALUE_BINS, -1, 1).double())
+            scales.append(dev_scale)
     return Histograms(
-        values=torch.stack(values), scale=torch.stack(scales), log10=torch.stack(logs)
+        values=torch.stack(values),
+        scale=torch.stack(scales),
+        log10=torch.stack([_magnitude_bins(f) for f in flats]),
+        zeros=torch.stack([f.numel() - torch.count_nonzero(f) for f in flats]).double(),
     )
+
+
+def _finite_max(flat: Tensor) -> Tensor:
+    return torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0).abs().amax()
 
 
 def value_edges(scale: float) -> list[float]:
@@ -196,9 +233,13 @@ def value_edges(scale: float) -> list[float]:
 
 
 def log10_edges() -> list[float]:
-    """The fixed LOG10_BINS + 1 edges of every log10|g| histogram."""
-    step = (LOG10_HIGH - LOG10_LOW) / LOG10_BINS
-    return [LOG10_LOW + i * step for i in range(LOG10_BINS + 1)]
+    """The LOG10_BINS + 1 edges, in log10|g|, of every magnitude histogram.
+
+    Bin k holds |g| in [2**(2k-127), 2**(2k-125)); its first edge is the smallest float32
+    denormal instead, since bin 0 also holds every denormal.
+    """
+    step = math.log10(2.0)
+    return [math.log10(2.0**-149)] + [(2 * k - 127) * step for k in range(1, LOG10_BINS + 1)]
 
 
 def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:

@@ -46,8 +46,8 @@ class StopTraining(RuntimeError):
 class _Plan:
     """What one step does, cheapest tier first; each tier includes the ones before it."""
 
-    log: bool  # global norm, clipping, non-finite count, per-layer L2 norms
-    stats: bool  # + mean|g|, max|g|, weight norms, update ratios
+    log: bool  # global norm, clipping, non-finite count: one pass, tiny row
+    layers: bool  # + per layer: L2 norm, mean|g|, max|g|, weight norm, update ratio
     hist: bool  # + histograms
 
     @property
@@ -63,6 +63,7 @@ class _Pending:
     plan: _Plan
     now: Present
     values: list[Tensor]
+    norms: Tensor
     device: dict[str, Tensor] = field(default_factory=dict)
     snapshot: list[Tensor] | None = None
 
@@ -84,7 +85,7 @@ class Tracker:
         sink: Sink,
         keys: Keys,
         log_every: Schedule,
-        stats_every: Schedule,
+        layers_every: Schedule,
         hist_every: Schedule,
         clip: ClipPolicy | None,
         scaler: Any | None,
@@ -99,7 +100,7 @@ class Tracker:
         self.names = [n for n, _ in named]
         self._params = [p for _, p in named]
         self._log_at = log_every
-        self._stats_at = stats_every
+        self._layers_at = layers_every
         self._hist_at = hist_every
         self._info = info
         self._step = 0
@@ -218,8 +219,8 @@ class Tracker:
 
     def _plan(self, k: int) -> _Plan:
         hist = self._hist_at(k)
-        stats = hist or self._stats_at(k)
-        return _Plan(log=stats or self._log_at(k), stats=stats, hist=hist)
+        layers = hist or self._layers_at(k)
+        return _Plan(log=layers or self._log_at(k), layers=layers, hist=hist)
 
     def _pre_step(self) -> None:
         if not self.sink.alive():
@@ -234,22 +235,22 @@ class Tracker:
         if not now.grads:
             return
         values = [S.dense_values(g) for g in now.grads]
-        pending = _Pending(k, plan, now, values)
-        if plan.stats:
-            stats = S.grad_stats(values)
-            norms = stats[S.NORM]
-            pending.device["stats"] = stats
-        else:
-            norms = S.grad_norms(values)
-            pending.device["norms"] = norms
+        stats = S.grad_stats(values) if plan.layers else None
+        norms = S.grad_norms(values) if stats is None else stats[S.NORM]
         total = S.global_norm(norms)
-        pending.device["total"] = total
-        if plan.hist:  # before clipping: the histograms show what arrived
+        pending = _Pending(k, plan, now, values, norms)
+        pending.device.update(total=total, nonfinite=S.nonfinite_flags(norms).sum())
+        if stats is not None:
+            pending.device["stats"] = stats
+        if plan.hist and stats is not None:  # before clipping: show what arrived
             hist = S.histograms(values, stats[S.MAX_ABS])
             pending.device.update(
-                hist_values=hist.values, hist_scale=hist.scale, hist_log10=hist.log10
+                hist_values=hist.values,
+                hist_scale=hist.scale,
+                hist_log10=hist.log10,
+                hist_zeros=hist.zeros,
             )
-        if plan.stats and self.optimizer is not None:
+        if plan.layers and self.optimizer is not None:
             pending.snapshot = [p.detach().clone() for p in now.params]
         if self.clip is not None:
             result = self.clip.clip_(now.grads, norms, total, now.params)
@@ -269,7 +270,7 @@ class Tracker:
         self._step += 1
         if pending is None or not pending.plan.anything:
             return
-        if pending.plan.stats:
+        if pending.plan.layers:
             params = pending.now.params
             pending.device["param_norm"] = S.tensor_norms(params)
             if pending.snapshot is not None:
@@ -315,16 +316,18 @@ class Tracker:
     def _record(self, k: int, pending: _Pending, host: dict[str, list[float]]) -> StepRecord:
         names = [self.names[i] for i in pending.now.index]
         n = len(names)
-        record = StepRecord(
-            step=k, names=names, norm=host.get("norms", []), global_norm=host["total"][0]
-        )
+        record = StepRecord(step=k, names=names, norm=[], global_norm=host["total"][0])
         if "stats" in host:
             stats = host["stats"]
             numels = [p.numel() for p in pending.now.params]
             record.norm = stats[:n]
             record.mean_abs = [a / c for a, c in zip(stats[n : 2 * n], numels, strict=True)]
             record.max_abs = stats[2 * n :]
-        self._check_norms(record, pending.values)
+        elif host["nonfinite"][0] or record.global_norm == 0.0:
+            # a bad step: name the culprits even off the per-layer schedule (second sync)
+            record.norm = S.to_host({"norms": pending.norms})["norms"]
+        if record.norm:
+            self._check_norms(record, pending.values)
         if "coef" in host:
             record.clip_coef = host["coef"][0]
             record.clip_rate = host["bites"][0] / (k + 1)
@@ -333,7 +336,7 @@ class Tracker:
         if "amp_scale" in host:
             record.amp_scale = host["amp_scale"][0]
             record.amp_overflow_skip = 0
-        if pending.plan.stats:
+        if pending.plan.layers:
             self._add_stats(record, pending, host)
         if pending.plan.hist:
             self._add_hist(record, pending, host)
@@ -379,13 +382,15 @@ class Tracker:
         for i, (name, p) in enumerate(zip(record.names, pending.now.params, strict=True)):
             numel = p.numel()
             implicit_zeros = numel - pending.values[i].numel()  # a sparse gradient's
-            nonfinite = record.nonfinite_elements[name]
+            zeros = host["hist_zeros"][i]
             counts = host["hist_values"][i * vb : (i + 1) * vb]
-            counts[vb // 2] += implicit_zeros - nonfinite  # the bin that holds 0
+            counts[vb // 2] += implicit_zeros  # the bin that holds 0
             record.value_hist[name] = Histogram(counts, S.value_edges(host["hist_scale"][i]))
             logs = host["hist_log10"][i * lb : (i + 1) * lb]
+            logs[0] -= zeros
+            logs[-1] -= record.nonfinite_elements[name]
             record.log10_hist[name] = Histogram(logs, log_edges).trimmed()
-            record.zero_frac[name] = (numel - sum(logs) - nonfinite) / numel
+            record.zero_frac[name] = (zeros + implicit_zeros) / numel
 
 
 def _finite(x: float) -> bool:

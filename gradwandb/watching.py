@@ -45,7 +45,7 @@ def watch(
     run: Any = None,
     sink: Sink | None = None,
     log_every: ScheduleLike | None = 1,
-    stats_every: ScheduleLike | None = 10,
+    layers_every: ScheduleLike | None = 10,
     hist_every: ScheduleLike | None = 100,
     clip: float | ClipPolicy | None = None,
     params: ParamFilter = None,
@@ -63,7 +63,7 @@ def watch(
         sink: log somewhere other than W&B (e.g. :class:`gradwandb.MemorySink`).
         log_every: log the global norm, clipping, non-finite count and per-layer L2 norms
             every this many steps (an int, a ``step -> bool``, or None). One pass.
-        stats_every: also log mean|g|, max|g|, weight norms and update ratios (three passes
+        layers_every: also log mean|g|, max|g|, weight norms and update ratios (three passes
             and a copy of the weights).
         hist_every: also log gradient histograms. Each tier includes the ones before it.
         clip: a max global norm to clip to, or a :class:`ClipPolicy`. Clipping reuses the
@@ -79,7 +79,7 @@ def watch(
     if optimizer is not None:
         check_optimizer(optimizer, named)
     log_schedule = as_schedule("log_every", log_every)
-    stats_schedule = as_schedule("stats_every", stats_every)
+    stats_schedule = as_schedule("layers_every", layers_every)
     hist_schedule = as_schedule("hist_every", hist_every)
     policy = as_policy(clip)
     if scaler is not None and not callable(getattr(scaler, "step", None)):
@@ -103,7 +103,7 @@ def watch(
         sink=sink,
         keys=keys,
         log_every=log_schedule,
-        stats_every=stats_schedule,
+        layers_every=stats_schedule,
         hist_every=hist_schedule,
         clip=policy,
         scaler=scaler,

@@ -61,20 +61,32 @@ def test_nonfinite_flags_and_counts() -> None:
     nan = torch.tensor([1.0, math.nan, 2.0, math.nan])
     inf = torch.tensor([-math.inf, 1.0, 0.0, 0.0])
     stats = S.grad_stats([clean, nan, inf])
-    assert S.nonfinite_flags(stats).tolist() == [False, True, True]
+    assert S.nonfinite_flags(stats[S.NORM]).tolist() == [False, True, True]
     assert S.nonfinite_counts([clean, nan, inf]) == [0, 2, 1]
 
 
 def test_histograms_count_every_element_once() -> None:
-    t = torch.tensor([0.0, 0.0, 1e-3, -2.0, 4.0, math.nan, math.inf, 1e-30])
+    t = torch.tensor([0.0, 0.0, 1e-3, -2.0, 4.0, math.nan, math.inf, 1e-30, 1e-41])
     h = S.histograms([t], S.grad_stats([t])[S.MAX_ABS])
-    assert h.values[0].sum().item() == 8  # every element; NaN/Inf read as 0
-    assert h.values[0, S.VALUE_BINS // 2].item() == 6  # 0, 0, NaN, Inf, 1e-30, 1e-3: near 0
-    assert h.log10[0].sum().item() == 4  # the finite non-zero values
     assert h.scale[0].item() == 4.0  # the largest finite magnitude
-    # log10 bins are half a decade wide: 1e-3 lands in the bin starting at -3.0
+    assert h.values[0].sum().item() == 7  # the finite values; NaN and Inf fall outside
+    assert h.zeros[0].item() == 2
+    logs = h.log10[0].tolist()
+    assert sum(logs) == 9  # every element: zeros and denormals in bin 0, NaN/Inf in the last
+    assert logs[0] == 3 and logs[-1] == 2
     edges = S.log10_edges()
-    assert h.log10[0, edges.index(-3.0)].item() == 1
+    for value in (1e-3, 2.0, 4.0, 1e-30):
+        k = next(i for i in range(S.LOG10_BINS) if edges[i] <= math.log10(value) < edges[i + 1])
+        assert logs[k] >= 1, value
+
+
+def test_magnitude_bins_match_a_computed_log() -> None:
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(10_000, generator=g) * torch.logspace(-30, 10, 10_000)
+    counts = S.histograms([t], S.grad_stats([t])[S.MAX_ABS]).log10[0]
+    edges = torch.tensor(S.log10_edges(), dtype=torch.float64)
+    expected = torch.histogram(t.abs().double().log10(), bins=edges).hist
+    assert counts.tolist() == expected.tolist()
 
 
 def test_value_histogram_range_is_symmetric_around_zero() -> None:

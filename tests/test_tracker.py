@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -38,7 +39,7 @@ def test_logged_statistics_equal_recomputation_from_param_grad() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sink = MemorySink()
     seen: list[dict[str, torch.Tensor]] = []
-    with gradwandb.watch(model, opt, sink=sink, stats_every=1, hist_every=None):
+    with gradwandb.watch(model, opt, sink=sink, layers_every=1, hist_every=None):
         for i in range(3):
             opt.zero_grad()
             _backward(model, i)
@@ -247,7 +248,7 @@ def test_vanishing_and_nonfinite_layers_on_a_histogram_step() -> None:
     assert row["grad_zero_frac/4.weight"] == pytest.approx((finite == 0).sum().item() / bad.numel())
 
 
-def test_default_tiers_norms_every_step_stats_every_10_histograms_every_100() -> None:
+def test_default_tiers_global_every_step_layers_every_10_histograms_every_100() -> None:
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     sink = MemorySink()
@@ -258,8 +259,8 @@ def test_default_tiers_norms_every_step_stats_every_10_histograms_every_100() ->
             opt.step()
     steps = {family: [s for s, row in sink.rows if f"{family}/0.weight" in row] for family in
              ("grad_norm", "grad_max_abs", "update_ratio", "grad_hist")}  # fmt: skip
-    assert steps["grad_norm"] == list(range(101))
-    assert steps["grad_max_abs"] == steps["update_ratio"] == list(range(0, 101, 10))
+    every_10 = list(range(0, 101, 10))
+    assert steps["grad_norm"] == steps["grad_max_abs"] == steps["update_ratio"] == every_10
     assert steps["grad_hist"] == [0, 100]
     assert all("grad/global_norm" in row for _, row in sink.rows)
 
@@ -268,7 +269,7 @@ def test_a_zero_gradient_is_not_taken_for_underflow() -> None:
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     sink = MemorySink()
-    with gradwandb.watch(model, opt, sink=sink, stats_every=None, hist_every=None):
+    with gradwandb.watch(model, opt, sink=sink, layers_every=1, hist_every=None):
         _backward(model, 0)
         assert model[0].bias.grad is not None and model[2].bias.grad is not None
         model[0].bias.grad.zero_()
@@ -277,4 +278,34 @@ def test_a_zero_gradient_is_not_taken_for_underflow() -> None:
     row = sink.last()
     assert row["grad_norm/0.bias"] == 0.0
     assert row["grad_norm/2.bias"] == pytest.approx(1e-30 * math.sqrt(8), rel=1e-6)
-    assert "grad_max_abs/0.bias" not in row
+
+
+def test_bad_steps_name_their_layers_off_the_layer_schedule() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sink = MemorySink()
+    weights = copy.deepcopy(model.state_dict())
+    with gradwandb.watch(model, opt, sink=sink, layers_every=None, hist_every=None):
+        for step in range(3):
+            model.load_state_dict(weights)  # an Inf step must not leave NaN weights behind
+            opt.zero_grad()
+            _backward(model, step)
+            assert model[2].weight.grad is not None
+            if step == 1:
+                model[2].weight.grad[0, 0] = math.inf
+            if step == 2:  # every gradient vanishes below float32's squares
+                for p in model.parameters():
+                    assert p.grad is not None
+                    p.grad.mul_(1e-30)
+            grads = _grads(model)
+            opt.step()
+    quiet, inf_step, tiny_step = (row for _, row in sink.rows)
+    assert not any(k.startswith("grad_norm/") for k in quiet)
+    assert inf_step["grad/nonfinite"] == 1
+    assert inf_step["grad_nonfinite/2.weight"] == 1
+    assert "grad_norm/0.weight" in inf_step and "grad_nonfinite/0.weight" not in inf_step
+    flat = torch.cat([g.reshape(-1).double() for g in grads.values()])
+    assert tiny_step["grad/global_norm"] == pytest.approx(flat.norm().item(), rel=1e-6)
+    assert tiny_step["grad_norm/4.weight"] == pytest.approx(
+        grads["4.weight"].double().norm().item(), rel=1e-6
+    )

@@ -150,7 +150,7 @@ def test_logged_norms_equal_recomputation(wandb_run):
     run = wandb_run()
     model = tiny_model(3)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    tracker = gradwandb.watch(model, opt, run=run, stats_every=1, hist_every=None)
+    tracker = gradwandb.watch(model, opt, run=run, layers_every=1, hist_every=None)
     seen = capture_grads(opt, model)
     gen = torch.Generator().manual_seed(4)
     for _ in range(4):
@@ -222,7 +222,7 @@ def test_parameter_info_summary_and_table(wandb_run):
     model = tiny_model(7)  # Linear(4, 8): 40 parameters, frozen; Linear(8, 2): 18 trainable
     model[0].requires_grad_(False)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    tracker = gradwandb.watch(model, opt, run=run, hist_every=None)
+    tracker = gradwandb.watch(model, opt, run=run, layers_every=1, hist_every=None)
     gen = torch.Generator().manual_seed(8)
     for _ in range(3):
         x, y = batch(gen)
@@ -302,7 +302,7 @@ def test_amp_grad_scaler_cpu_overflow_and_unscaled_norm(wandb_run):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     assert scaler.is_enabled()
-    tracker = gradwandb.watch(model, opt, run=run, scaler=scaler, hist_every=None)
+    tracker = gradwandb.watch(model, opt, run=run, scaler=scaler, layers_every=1, hist_every=None)
     unscaled = capture_grads(opt, model)
     gen = torch.Generator().manual_seed(12)
     overflow_at = 2
@@ -380,8 +380,8 @@ def test_two_models_in_one_run(wandb_run):
     gen_model, disc = Generator(), Discriminator()
     opt_g = torch.optim.Adam(gen_model.parameters(), lr=1e-3)
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
-    tracker_g = gradwandb.watch(gen_model, opt_g, run=run, hist_every=None)
-    tracker_d = gradwandb.watch(disc, opt_d, run=run, hist_every=None)
+    tracker_g = gradwandb.watch(gen_model, opt_g, run=run, layers_every=1, hist_every=None)
+    tracker_d = gradwandb.watch(disc, opt_d, run=run, layers_every=1, hist_every=None)
     assert tracker_g.keys.tag is None
     assert tracker_d.keys.tag == "discriminator"
     seen_g = capture_grads(opt_g, gen_model)
