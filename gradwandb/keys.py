@@ -36,7 +36,7 @@ GRAD_NONFINITE = "grad_nonfinite"  # count of NaN/Inf elements (histogram steps 
 GRAD_ZERO_FRAC = "grad_zero_frac"  # fraction of exactly-zero elements (histogram steps)
 GRAD_HIST = "grad_hist"  # histogram of the finite gradient values
 GRAD_LOG10_HIST = "grad_log10_hist"  # histogram of log10|g| over finite non-zero values
-PARAM_NORM = "param_norm"
+PARAM_NORM = "param_norm"  # L2 norm of the weights before the step
 UPDATE_RATIO = "update_ratio"  # |w_after - w_before| / |w_before| of the step
 
 PARAM_FAMILIES = (

@@ -100,6 +100,8 @@ def _cpu_rows(tensors: Sequence[Tensor]) -> Tensor:
 def grad_norms(tensors: Sequence[Tensor]) -> Tensor:
     """Float64 [n] L2 norms on the tensors' device: the one pass every step needs.
 
+    Any tensors will do (weights and updates use it too); they are read, never changed.
+
     Norms accumulate in the gradient's precision (float32 for half types), as
     ``clip_grad_norm_`` does: a tensor whose elements are all below ~1e-19 has squares that
     underflow to a norm of 0, which :func:`exact_norms` corrects on request.
@@ -107,7 +109,7 @@ def grad_norms(tensors: Sequence[Tensor]) -> Tensor:
     if not tensors:
         return torch.zeros(0, dtype=torch.float64)
     if tensors[0].device.type == "cpu":
-        return _cpu_norms([_accumulator(t) for t in tensors])
+        return _cpu_norms([_accumulator(t.detach()) for t in tensors])
     return _foreach_rows(tensors, (2.0,))[0]
 
 
@@ -240,15 +242,6 @@ def log10_edges() -> list[float]:
     """
     step = math.log10(2.0)
     return [math.log10(2.0**-149)] + [(2 * k - 127) * step for k in range(1, LOG10_BINS + 1)]
-
-
-def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
-    """Float64 [n] L2 norms (parameters, updates), on the tensors' device."""
-    if not tensors:
-        return torch.zeros(0, dtype=torch.float64)
-    return torch.stack(
-        [torch.linalg.vector_norm(t.detach(), 2, dtype=torch.float64) for t in tensors]
-    )
 
 
 def to_host(named: Mapping[str, Tensor]) -> dict[str, list[float]]:

@@ -272,12 +272,14 @@ class Tracker:
             return
         if pending.plan.layers:
             params = pending.now.params
-            pending.device["param_norm"] = S.tensor_norms(params)
-            if pending.snapshot is not None:
-                before = S.tensor_norms(pending.snapshot)
-                moved = S.tensor_norms(
+            if pending.snapshot is None:  # no optimizer: weights as they are
+                pending.device["param_norm"] = S.grad_norms(params)
+            else:  # weights before the step; the update is what the step added
+                before = S.grad_norms(pending.snapshot)
+                moved = S.grad_norms(
                     torch._foreach_sub([p.detach() for p in params], pending.snapshot)
                 )
+                pending.device["param_norm"] = before
                 pending.device["update_ratio"] = moved / before.clamp_min(1e-30)
         host = S.to_host(pending.device)  # the one sync of this step
         record = self._record(k, pending, host)

@@ -133,13 +133,10 @@ def test_histograms_weight_norms_and_update_ratio() -> None:
                 assert isinstance(log_hist, Histogram)
                 assert sum(log_hist.counts) == int((grads[name] != 0).sum())
                 assert row[f"grad_zero_frac/{name}"] == 0.0
-                assert row[f"param_norm/{name}"] == pytest.approx(
-                    p.detach().double().norm().item(), rel=1e-9
-                )
-                moved = (p.detach().double() - before[name].double()).norm() / before[
-                    name
-                ].double().norm()
-                assert row[f"update_ratio/{name}"] == pytest.approx(moved.item(), rel=1e-6)
+                old = before[name].double()
+                assert row[f"param_norm/{name}"] == pytest.approx(old.norm().item(), rel=1e-6)
+                moved = (p.detach().double() - old).norm() / old.norm()
+                assert row[f"update_ratio/{name}"] == pytest.approx(moved.item(), rel=1e-5)
 
 
 def test_log_every_and_disabled_histograms() -> None:
