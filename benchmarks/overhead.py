@@ -306,26 +306,37 @@ def amortised_default(default_ms: float, hist_ms: float, steps: int) -> float:
 
 
 def summarise(task: Task, arms: Sequence[Arm], steps: int) -> dict[str, Any]:
-    """The JSON record of one model: per-variant medians, ratios, and the floor comparison."""
+    """The JSON record of one model: per-variant medians, ratios, and the floor comparison.
+
+    Ratios and added times are paired: taken per round against that round's bare block, then
+    the median over rounds, so a machine that drifts between rounds does not move them.
+    """
     median = {a.variant: statistics.median(a.times_ms) for a in arms}
-    bare = median["bare"]
+    bare_rounds = next(a.times_ms for a in arms if a.variant == "bare")
+    added = {
+        a.variant: statistics.median(t - b for t, b in zip(a.times_ms, bare_rounds, strict=True))
+        for a in arms
+    }
     variants = {
         a.variant: {
             "median_ms": median[a.variant],
-            "ratio_to_bare": median[a.variant] / bare,
-            "added_ms": median[a.variant] - bare,
+            "ratio_to_bare": statistics.median(
+                t / b for t, b in zip(a.times_ms, bare_rounds, strict=True)
+            ),
+            "added_ms": added[a.variant],
             "rounds_ms": a.times_ms,
         }
         for a in arms
     }
-    amortised = amortised_default(median["gradwandb"], median["gradwandb+hist"], steps)
+    bare = median["bare"]
+    amortised = amortised_default(bare + added["gradwandb"], bare + added["gradwandb+hist"], steps)
     params = list(task.model.parameters())
     return {
         "description": task.description,
         "parameters": sum(p.numel() for p in params),
         "tensors": len(params),
         "variants": variants,
-        "default_over_floor_added": ratio(median["gradwandb"] - bare, median["floor"] - bare),
+        "default_over_floor_added": ratio(added["gradwandb"], added["floor"]),
         "gradwandb_amortised_ms": amortised,
         "gradwandb_amortised_ratio_to_bare": amortised / bare,
     }

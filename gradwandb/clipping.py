@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,11 +34,13 @@ class ClipResult:
     """What a policy did this step: 0-dim device tensors.
 
     ``coef`` is the factor the global norm was scaled by (1.0 when clipping did not bite);
-    ``threshold`` the max-norm the policy used, or None for a policy without one.
+    ``threshold`` the max-norm the policy used, or None for a policy without one; ``extras``
+    any other signal worth a chart (a z-score, say), logged as ``grad/clip_<name>``.
     """
 
     coef: Tensor
     threshold: Tensor | None = None
+    extras: Mapping[str, Tensor] = field(default_factory=dict)
 
 
 def scale_(grads: Sequence[Tensor], coef: Tensor) -> None:

@@ -63,6 +63,11 @@ VERDICT = "gradwandb/verdict"
 FINDINGS = "gradwandb/findings"
 
 
+def clip_extra(name: str) -> str:
+    """The key of a clipping policy's extra signal: ``grad/clip_<name>``."""
+    return f"grad/clip_{name}"
+
+
 def _tagged(key: str, tag: str | None) -> str:
     if not tag:
         return key

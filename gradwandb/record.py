@@ -33,6 +33,7 @@ class StepRecord:
     clip_coef: float = 1.0
     clip_threshold: float | None = None
     clip_rate: float | None = None
+    clip_extras: dict[str, float] = field(default_factory=dict)  # e.g. {"zscore": 2.1}
     nonfinite_elements: dict[str, int] = field(default_factory=dict)
     zero_frac: dict[str, float] = field(default_factory=dict)
     value_hist: dict[str, Histogram] = field(default_factory=dict)
@@ -55,6 +56,8 @@ def to_row(record: StepRecord, keys: Keys) -> dict[str, Value]:
         row[keys.scalar(K.CLIP_THRESHOLD)] = record.clip_threshold
     if record.clip_rate is not None:
         row[keys.scalar(K.CLIP_RATE)] = record.clip_rate
+    for name, value in record.clip_extras.items():
+        row[keys.scalar(K.clip_extra(name))] = value
     if record.amp_scale is not None:
         row[keys.scalar(K.AMP_SCALE)] = record.amp_scale
     if record.amp_overflow_skip is not None:

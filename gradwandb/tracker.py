@@ -259,6 +259,8 @@ class Tracker:
             pending.device.update(coef=result.coef, bites=self._bites)
             if result.threshold is not None:
                 pending.device["threshold"] = result.threshold
+            for name, value in result.extras.items():
+                pending.device[f"clip_{name}"] = value
         scale = getattr(self.scaler, "_scale", None)
         if isinstance(scale, Tensor):
             pending.device["amp_scale"] = scale
@@ -335,6 +337,9 @@ class Tracker:
             record.clip_rate = host["bites"][0] / (k + 1)
         if "threshold" in host:
             record.clip_threshold = host["threshold"][0]
+        record.clip_extras = {
+            key.removeprefix("clip_"): v[0] for key, v in host.items() if key.startswith("clip_")
+        }
         if "amp_scale" in host:
             record.amp_scale = host["amp_scale"][0]
             record.amp_overflow_skip = 0

@@ -306,3 +306,24 @@ def test_bad_steps_name_their_layers_off_the_layer_schedule() -> None:
     assert tiny_step["grad_norm/4.weight"] == pytest.approx(
         grads["4.weight"].double().norm().item(), rel=1e-6
     )
+
+
+def test_a_policy_logs_its_extra_signals() -> None:
+    class Halve(gradwandb.ClipPolicy):
+        def clip_(self, grads, norms, total, params):  # type: ignore[no-untyped-def]
+            half = torch.full_like(total, 0.5)
+            gradwandb.clipping.scale_(grads, half.float())
+            return gradwandb.ClipResult(coef=half, extras={"zscore": total * 0 + 3.0})
+
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink = MemorySink()
+    with gradwandb.watch(model, opt, sink=sink, clip=Halve(), hist_every=None):
+        _backward(model, 0)
+        before = _grads(model)
+        opt.step()
+        after = _grads(model)
+    row = sink.last()
+    assert row["grad/clip_coef"] == 0.5 and row["grad/clip_zscore"] == 3.0
+    assert "grad/clip_threshold" not in row
+    assert torch.allclose(after["0.weight"], before["0.weight"] * 0.5)
