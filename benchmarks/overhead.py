@@ -336,7 +336,10 @@ def summarise(task: Task, arms: Sequence[Arm], steps: int) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in params),
         "tensors": len(params),
         "variants": variants,
-        "default_over_floor_added": ratio(added["gradwandb"], added["floor"]),
+        # below 1% of a step the floor is inside the noise: no meaningful quotient
+        "default_over_floor_added": (
+            ratio(added["gradwandb"], added["floor"]) if added["floor"] > 0.01 * bare else None
+        ),
         "gradwandb_amortised_ms": amortised,
         "gradwandb_amortised_ratio_to_bare": amortised / bare,
     }
