@@ -40,7 +40,7 @@ def plot(run_dir: Path, out: Path) -> None:
         twin.plot(*columns(clip), color="tab:red", alpha=0.6, label="clip coefficient")
         twin.set_ylim(0, 1.05)
         twin.set_ylabel("clip coefficient", color="tab:red")
-    top.legend(loc="upper right")
+    top.legend(loc="upper left")
 
     logged = {p[2] for k in log.metric_keys() if (p := split_param_key(k)) and p[0] == "grad_norm"}
     layers = [n for n in log.summary[PARAM_ORDER] if n in logged]  # forward order

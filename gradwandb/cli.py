@@ -62,7 +62,7 @@ def demo(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument(
         "--clip",
         type=clip_value,
-        default=1.0,
+        default=0.5,
         metavar="MAX_NORM",
         help="clip the global gradient norm to this, or 'none'",
     )

@@ -50,7 +50,7 @@ def run_demo(
     hidden: int = 64,
     cell: str = "rnn",
     lr: float = 3e-3,
-    clip: float | None = 1.0,
+    clip: float | None = 0.5,
     seed: int = 0,
     project: str = "gradwandb-demo",
     dir: str | Path | None = None,
