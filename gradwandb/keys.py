@@ -27,6 +27,9 @@ CLIP_THRESHOLD = "grad/clip_threshold"  # the max-norm the policy used this step
 NONFINITE = "grad/nonfinite"  # number of watched tensors holding NaN or Inf
 AMP_OVERFLOW_SKIP = "amp/overflow_skip"  # 1 on a step GradScaler skipped for overflow
 AMP_SCALE = "amp/scale"  # the GradScaler's loss scale
+GUARD_SKIPPED = "guard/skipped"  # with guard=: 1 on a step skipped for NaN/Inf gradients, else 0
+GUARD_SKIPPED_TOTAL = "guard/skipped_total"  # with guard=: steps skipped so far
+HEALTH = "health"  # section of the diagnosis signals, "health/<signal>", on every logged row
 
 # Per-parameter statistics: "<family>/<parameter name>".
 GRAD_NORM = "grad_norm"
@@ -58,9 +61,50 @@ PARAMS_TRAINABLE = "gradwandb/params_trainable"
 PARAMS_FROZEN = "gradwandb/params_frozen"
 PARAM_ORDER = "gradwandb/param_order"  # watched names in forward (registration) order
 
-# Run summary, written by diagnosis.
-VERDICT = "gradwandb/verdict"
-FINDINGS = "gradwandb/findings"
+# Run summary, written by diagnosis (when the tracker is removed or the run finishes).
+VERDICT = "gradwandb/verdict"  # "healthy", "vanishing", "exploding" or "nonfinite"
+FINDINGS = "gradwandb/findings"  # list of the findings' messages, each with its fix
+
+
+# Images, with watch(..., charts=True).
+CHART_FLOW = "charts/grad_flow"  # bars of mean and max |g| per parameter, one step
+CHART_HEATMAP = "charts/grad_norm_heatmap"  # log10 gradient norm, layer x per-layer step
+
+# Through time, for every nn.RNN / nn.LSTM / nn.GRU (watch(..., bptt_every=...)).
+BPTT = "bptt"  # bptt/<module>/<stat>
+RNN_WEIGHTS = "rnn"  # rnn/<module>/<weight>[/<gate>]/<stat>
+CURVE = "curve"  # Table: timestep, input_grad_norm, then OUTPUT_COLUMNS by direction count
+OUTPUT_COLUMNS = {
+    1: ("output_grad_norm",),
+    2: ("output_grad_norm_forward", "output_grad_norm_reverse"),
+}
+FIRST_LAST_RATIO = "first_last_ratio"
+DECAY_RATE = "decay_rate"
+HORIZON = "horizon"
+SEQ_LEN = "seq_len"
+SPECTRAL_RADIUS = "spectral_radius"
+SIGMA_MAX = "sigma_max"
+
+
+def bptt_key(keys: Keys, module: str, stat: str) -> str:
+    """``bptt/<module>/<stat>``, tagged like the tracker's keys.
+
+    >>> bptt_key(Keys(), "encoder", HORIZON), bptt_key(Keys("critic"), "encoder", HORIZON)
+    ('bptt/encoder/horizon', 'bptt/critic/encoder/horizon')
+    """
+    return keys.scalar(f"{BPTT}/{module}/{stat}")
+
+
+def rnn_key(keys: Keys, module: str, weight: str, gate: str | None, stat: str) -> str:
+    """``rnn/<module>/<weight>/<gate>/<stat>`` (no gate level for a vanilla RNN).
+
+    >>> rnn_key(Keys(), "decoder", "weight_hh_l0", "f", SPECTRAL_RADIUS)
+    'rnn/decoder/weight_hh_l0/f/spectral_radius'
+    >>> rnn_key(Keys(), "decoder", "weight_hh_l1_reverse", None, SIGMA_MAX)
+    'rnn/decoder/weight_hh_l1_reverse/sigma_max'
+    """
+    middle = f"{weight}/{gate}" if gate else weight
+    return keys.scalar(f"{RNN_WEIGHTS}/{module}/{middle}/{stat}")
 
 
 def clip_extra(name: str) -> str:

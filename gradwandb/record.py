@@ -42,6 +42,8 @@ class StepRecord:
     update_ratio: dict[str, float] = field(default_factory=dict)
     amp_scale: float | None = None
     amp_overflow_skip: int | None = None
+    guard_skipped: int | None = None  # with guard=: 1 when the guard skipped this step
+    guard_skipped_total: int | None = None  # with guard=: steps skipped so far
 
 
 def to_row(record: StepRecord, keys: Keys) -> dict[str, Value]:
@@ -62,6 +64,10 @@ def to_row(record: StepRecord, keys: Keys) -> dict[str, Value]:
         row[keys.scalar(K.AMP_SCALE)] = record.amp_scale
     if record.amp_overflow_skip is not None:
         row[keys.scalar(K.AMP_OVERFLOW_SKIP)] = record.amp_overflow_skip
+    if record.guard_skipped is not None:
+        row[keys.scalar(K.GUARD_SKIPPED)] = record.guard_skipped
+    if record.guard_skipped_total is not None:
+        row[keys.scalar(K.GUARD_SKIPPED_TOTAL)] = record.guard_skipped_total
     for family, values in (
         (K.GRAD_NORM, record.norm),
         (K.GRAD_MEAN_ABS, record.mean_abs),

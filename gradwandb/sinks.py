@@ -1,5 +1,6 @@
 """Where rows go. A sink receives flat ``{key: value}`` rows tagged with the optimizer step and
 knows nothing of statistics; values are floats, ints, :class:`Histogram` or :class:`Table`.
+It also takes run-level summary values and alerts (a title, a text, a level).
 
 :class:`MemorySink` keeps everything in lists, for tests and for programs that read the numbers
 directly; :class:`gradwandb.wandb_sink.WandbSink` writes to a W&B run.
@@ -9,6 +10,9 @@ directly; :class:`gradwandb.wandb_sink.WandbSink` writes to a W&B run.
 >>> sink.log({"grad/clip_coef": 1.0}, step=0)
 >>> sink.rows
 [(0, {'grad/global_norm': 0.5, 'grad/clip_coef': 1.0})]
+>>> sink.alert("gradwandb: NaN/Inf gradients", "step 3: 0.weight holds NaN", "ERROR")
+>>> sink.alerts[0].level
+'ERROR'
 """
 
 from __future__ import annotations
@@ -42,7 +46,26 @@ class Table:
     rows: Sequence[Sequence[Any]]
 
 
-Value = float | int | str | Histogram | Table
+@dataclass(frozen=True)
+class Image:
+    """A picture as PNG bytes (a chart), with an optional caption."""
+
+    png: bytes
+    caption: str | None = None
+
+
+Value = float | int | str | Histogram | Table | Image
+
+ALERT_LEVELS = ("INFO", "WARN", "ERROR")  # W&B's alert levels, mildest first
+
+
+@dataclass(frozen=True)
+class Alert:
+    """An alert as a sink received it; ``level`` is one of :data:`ALERT_LEVELS`."""
+
+    title: str
+    text: str
+    level: str
 
 
 class Sink(Protocol):
@@ -53,6 +76,9 @@ class Sink(Protocol):
 
     def summary(self, values: Mapping[str, Any]) -> None:
         """Set run-level values (last write wins)."""
+
+    def alert(self, title: str, text: str, level: str) -> None:
+        """Raise an alert (a W&B alert: e-mail or Slack); ``level`` is INFO, WARN or ERROR."""
 
     def alive(self) -> bool:
         """False once the destination is closed (a finished run); the tracker then detaches."""
@@ -68,6 +94,7 @@ class MemorySink:
     rows: list[tuple[int, dict[str, Value]]] = field(default_factory=list)
     summaries: dict[str, Any] = field(default_factory=dict)
     finished: bool = False  # set it to play a destination that closed under the tracker
+    alerts: list[Alert] = field(default_factory=list)
 
     def log(self, row: Mapping[str, Value], step: int) -> None:
         if self.rows and self.rows[-1][0] == step:
@@ -77,6 +104,11 @@ class MemorySink:
 
     def summary(self, values: Mapping[str, Any]) -> None:
         self.summaries.update(values)
+
+    def alert(self, title: str, text: str, level: str) -> None:
+        if level not in ALERT_LEVELS:
+            raise ValueError(f"alert level must be one of {ALERT_LEVELS}, got {level!r}")
+        self.alerts.append(Alert(title, text, level))
 
     def alive(self) -> bool:
         return not self.finished

@@ -1,7 +1,8 @@
 """The Tracker: one optimizer step in, one row out.
 
-Per step: capture (the heartbeat) -> statistics on the device -> clipping reusing the same norm
-vector -> one host transfer -> :class:`~gradwandb.record.StepRecord` -> observers and the sink.
+Per step: capture (the heartbeat) -> statistics on the device -> the non-finite guard and
+clipping, reusing the same norm vector -> one host transfer ->
+:class:`~gradwandb.record.StepRecord` -> observers (diagnosis first) -> alerts and the sink.
 
 Cost model. A step on which nothing is scheduled and no clipping is set costs a counter
 increment. With clipping, the norms and the in-place scale run on the device with no host
@@ -10,16 +11,29 @@ optimizer step; a histogram step adds histograms, parameter norms and the update
 same transfer (and one copy of the watched weights, freed after the step). Only a step whose
 gradients hold NaN/Inf pays a second pass, to count the bad elements.
 
+Diagnosis reads the host numbers of logged steps only: no device work and no sync of its own;
+on a step with only the global scalars it does a constant amount of Python. Alerts and summary
+writes happen only on a step with new findings, and at the end.
+
+The non-finite guard (``guard=``) must know on the host, before the optimizer reads the
+gradients, whether they are finite: with it on, *every* step computes the norms (one pass on
+the device, as clipping does) and moves the global norm to the host (one sync, before the
+optimizer step); a logged step still makes its own transfer after the step. When the global
+norm is NaN/Inf, a second pass counts the bad elements (that step only). A bad step is skipped
+by setting every ``.grad`` the optimizer holds to None: torch optimizers skip a parameter with
+no gradient entirely, so weights, moments, step counts and weight decay stay as they were.
+
 An internal error never escapes into the user's backward or step: it is reported once, the
-tracker switches itself off, and training goes on.
+tracker switches itself off, and training goes on. :class:`StopTraining`, raised on purpose
+(``guard=N``), is the one exception that goes through.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -29,17 +43,62 @@ from gradwandb import keys as K
 from gradwandb import statistics as S
 from gradwandb.capture import BackwardEnd, HookSet, on_optimizer_step, wrap_method
 from gradwandb.clipping import ClipPolicy
+from gradwandb.diagnosis import Diagnoser, Diagnosis, Finding
 from gradwandb.keys import Keys
 from gradwandb.record import StepRecord, skip_row, to_row
 from gradwandb.schedules import Schedule
 from gradwandb.selection import ParameterInfo, Present, present
-from gradwandb.sinks import Histogram, Sink
+from gradwandb.sinks import Histogram, Sink, Value
 
-Observer = Callable[[StepRecord], None]
+Observer = Callable[[StepRecord], "Mapping[str, Value] | None"]
 
 
 class StopTraining(RuntimeError):
-    """Raised on purpose by gradwandb to stop a run; passes through the error shield."""
+    """Raised on purpose by gradwandb to stop a run; passes through the error shield.
+
+    The guard (``gradwandb.watch(..., guard=N)``) raises it from ``optimizer.step()`` (or from
+    ``backward()`` without an optimizer) after N steps in a row with NaN/Inf gradients, every
+    one of them skipped, so the weights are those from before the first bad step.
+    """
+
+
+# Findings worth interrupting someone for, and the W&B alert level of each.
+ALERT_LEVELS = {"nonfinite": "ERROR", "exploding": "ERROR", "vanishing": "WARN", "flow": "WARN"}
+ALERT_TITLES = {
+    "nonfinite": "NaN/Inf gradients",
+    "exploding": "exploding gradients",
+    "vanishing": "vanishing gradients",
+    "flow": "gradient flow blocked",
+}
+MAX_ALERTS_PER_KIND = 3  # per tracker; each alert groups a step's new layers of one kind
+_ALERT_LINES = 5  # findings spelled out in one alert's text; the rest are counted
+
+
+@dataclass
+class _Guard:
+    """The non-finite guard: what it skipped, and after how many bad steps in a row to stop."""
+
+    stop_after: int | None  # None: skip bad steps and never stop
+    total: int = 0  # steps skipped so far
+    in_a_row: int = 0  # bad steps since the last finite one
+    first: int = 0  # the first step of the current run of bad ones
+    culprits: dict[str, None] = field(default_factory=dict)  # their layers, in order
+
+    def stop_message(self, step: int) -> str | None:
+        """Why to stop after bad step ``step``, or None to go on."""
+        if self.stop_after is None or self.in_a_row < self.stop_after:
+            return None
+        names = list(self.culprits)
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        span = f"step {step}" if self.first == step else f"steps {self.first}-{step}"
+        return (
+            f"gradwandb: {self.in_a_row} optimizer steps in a row had NaN/Inf gradients "
+            f"({span}, guard={self.stop_after}), in: {shown}. Each was skipped, so the weights "
+            f"and optimizer state are those from before step {self.first}. Look for what "
+            "overflows in those layers (log or division near 0, a too high learning rate, "
+            "fp16 without a GradScaler); lower the learning rate or clip (clip=1.0), resume "
+            "from a checkpoint, or pass guard=True to skip bad steps without stopping"
+        )
 
 
 @dataclass(frozen=True)
@@ -66,6 +125,8 @@ class _Pending:
     norms: Tensor
     device: dict[str, Tensor] = field(default_factory=dict)
     snapshot: list[Tensor] | None = None
+    skipped: bool = False  # the guard skipped this step (its gradients held NaN/Inf)
+    stop: str | None = None  # the guard's reason to stop training after this step
 
 
 class Tracker:
@@ -90,6 +151,9 @@ class Tracker:
         clip: ClipPolicy | None,
         scaler: Any | None,
         info: ParameterInfo,
+        diagnoser: Diagnoser | None = None,
+        alerts: bool = False,
+        guard: bool | int = False,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -113,6 +177,13 @@ class Tracker:
         self._backward_end: BackwardEnd | None = None
         self._running: str | None = None  # name of the hook now executing, if any
         self._info_pending = True
+        self._diagnoser = diagnoser
+        self._verdict_due = False  # the diagnoser saw a step whose verdict is not written yet
+        self._alerts = alerts and diagnoser is not None
+        self._alerted: set[tuple[str, str | None]] = set()  # (kind, layer) already alerted
+        self._alerts_sent: dict[str, int] = {}  # per kind
+        self._guard = _Guard(None if guard is True else int(guard)) if guard else None
+        self._stop: str | None = None  # raised as StopTraining once the running hook is done
 
         sink.summary(
             {
@@ -141,6 +212,8 @@ class Tracker:
             )
         if scaler is not None:
             wrap_method(self._hooks, scaler, "step", self._scaler_step)
+        if diagnoser is not None:
+            self.add_observer(self._diagnose)
         on_finish = getattr(sink, "on_finish", None)
         if callable(on_finish):
             on_finish(self._sink_finished)
@@ -157,14 +230,37 @@ class Tracker:
         """True while the tracker is hooked in and logging."""
         return self._active
 
+    def diagnosis(self) -> Diagnosis:
+        """The run's diagnosis so far: ``.verdict`` and ``.findings`` (each with its fix).
+
+        Healthy and empty when diagnosis is off (``diagnose=False``) or nothing was logged.
+        """
+        return (self._diagnoser or Diagnoser()).diagnosis()
+
     def add_observer(self, observer: Observer) -> None:
-        """Call ``observer(record)`` with the :class:`StepRecord` of every logged step."""
+        """Call ``observer(record)`` with the :class:`StepRecord` of every logged step.
+
+        What it returns (a mapping of more keys, or None) joins that step's row.
+        """
         self._observers.append(observer)
 
+    def on_remove(self, undo: Callable[[], None]) -> None:
+        """Call ``undo`` when the tracker is removed or switches itself off."""
+        self._hooks.on_remove(undo)
+
     def remove(self) -> None:
-        """Take every hook out and stop logging. Safe to call twice."""
+        """Take every hook out, write the verdict into the run summary, stop logging.
+
+        Safe to call twice.
+        """
         self._active = False
         self._hooks.remove()
+        try:
+            if self._verdict_due and self.sink.alive():
+                self._write_verdict()
+        except Exception as exc:  # a sink failing at the end must not break the user's code
+            self._fail(exc)
+        self._verdict_due = False
         self.sink.close()
         from gradwandb.watching import _forget
 
@@ -194,6 +290,9 @@ class Tracker:
             self._fail(exc)
         finally:
             self._running = None
+        stop, self._stop = self._stop, None
+        if stop is not None:  # the guard's, on purpose: the step was logged and skipped
+            raise StopTraining(stop)
 
     def _fail(self, exc: Exception) -> None:
         if not self._failed:
@@ -212,8 +311,20 @@ class Tracker:
         self._hooks.remove(keep=self._running)
 
     def _sink_finished(self) -> None:
-        """The run is closing: stop before anything is logged into a finished run."""
-        self._detach()
+        """The run is closing: write the verdict, then stop before anything else is logged.
+
+        Runs inside W&B's ``finish()``, so nothing may escape from here.
+        """
+        try:
+            if self._verdict_due:
+                self._write_verdict()
+        except Exception as exc:
+            self._fail(exc)
+        self._verdict_due = False
+        try:
+            self._detach()
+        except Exception as exc:
+            self._fail(exc)
 
     # -- the step -------------------------------------------------------------------------
 
@@ -229,7 +340,7 @@ class Tracker:
         k = self._step
         plan = self._plan(k)
         self._pending = None
-        if not (plan.anything or self.clip is not None):
+        if not (plan.anything or self.clip is not None or self._guard is not None):
             return  # nothing scheduled: no work, no sync
         now = present(self._params)
         if not now.grads:
@@ -239,6 +350,10 @@ class Tracker:
         norms = S.grad_norms(values) if stats is None else stats[S.NORM]
         total = S.global_norm(norms)
         pending = _Pending(k, plan, now, values, norms)
+        if self._guard is not None and self._guard_trips(k, now, values, norms, total):
+            pending.skipped = True
+            pending.plan = replace(plan, log=True)  # a skipped step is always logged
+            pending.stop = self._guard.stop_message(k)
         pending.device.update(total=total, nonfinite=S.nonfinite_flags(norms).sum())
         if stats is not None:
             pending.device["stats"] = stats
@@ -252,7 +367,9 @@ class Tracker:
             )
         if plan.layers and self.optimizer is not None:
             pending.snapshot = [p.detach().clone() for p in now.params]
-        if self.clip is not None:
+        if pending.skipped:
+            self._drop_grads()  # after the reads above; the optimizer now skips the step
+        elif self.clip is not None:
             result = self.clip.clip_(now.grads, norms, total, now.params)
             bit = (result.coef < 1.0).to(torch.float64)
             self._bites = bit if self._bites is None else self._bites + bit
@@ -272,6 +389,7 @@ class Tracker:
         self._step += 1
         if pending is None or not pending.plan.anything:
             return
+        self._stop = pending.stop  # raised by the shield once this step is logged
         if pending.plan.layers:
             params = pending.now.params
             if pending.snapshot is None:  # no optimizer: weights as they are
@@ -285,13 +403,112 @@ class Tracker:
                 pending.device["update_ratio"] = moved / before.clamp_min(1e-30)
         host = S.to_host(pending.device)  # the one sync of this step
         record = self._record(k, pending, host)
-        for observer in self._observers:
-            observer(record)
+        if self._guard is not None:
+            record.guard_skipped = int(pending.skipped)
+            record.guard_skipped_total = self._guard.total
         row = to_row(record, self.keys)
+        for observer in self._observers:
+            row.update(observer(record) or {})
         if self._info_pending:
             row[self.keys.scalar(K.PARAMS_TABLE)] = self._info.table
             self._info_pending = False
         self.sink.log(row, k)
+
+    # -- the guard ------------------------------------------------------------------------
+
+    def _guard_trips(
+        self, k: int, now: Present, values: list[Tensor], norms: Tensor, total: Tensor
+    ) -> bool:
+        """Whether step ``k``'s gradients hold NaN/Inf; counts it. One host sync (the norm).
+
+        A non-finite norm of finite gradients (a float32 overflow of the squares) is told
+        apart by counting the bad elements, on that step only.
+        """
+        guard = self._guard
+        assert guard is not None
+        culprits: list[str] = []
+        if not math.isfinite(float(total)):  # the guard's sync
+            suspects = S.nonfinite_flags(norms).nonzero().flatten().tolist()
+            counts = S.nonfinite_counts([values[i] for i in suspects])
+            culprits = [
+                self.names[now.index[i]] for i, c in zip(suspects, counts, strict=True) if c
+            ]
+        if not culprits:
+            guard.in_a_row = 0
+            return False
+        if guard.in_a_row == 0:
+            guard.first, guard.culprits = k, {}
+        guard.in_a_row += 1
+        guard.total += 1
+        guard.culprits.update(dict.fromkeys(culprits))
+        return True
+
+    def _drop_grads(self) -> None:
+        """Skip this step: clear every gradient the step would read (``.grad = None``).
+
+        With an optimizer, every parameter it holds (watched or not); without one, every
+        parameter of the model, so the user's own ``optimizer.step()`` skips them.
+        """
+        if self.optimizer is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        else:
+            params = list(self.model.parameters())
+        for p in params:
+            p.grad = None
+
+    # -- diagnosis, alerts, the verdict ---------------------------------------------------
+
+    def _diagnose(self, record: StepRecord) -> dict[str, Value]:
+        """The diagnosis observer: feed the record, alert on new findings, return the signals."""
+        assert self._diagnoser is not None
+        new = self._diagnoser.update(record)
+        self._verdict_due = True
+        if new:
+            if self._alerts:
+                self._alert(new)
+            self._write_verdict()  # now too, in case the run never finishes cleanly
+        return {self.keys.scalar(key): v for key, v in self._diagnoser.health().items()}
+
+    def _alert(self, findings: Sequence[Finding]) -> None:
+        """One alert per kind among ``findings``, for the layers not alerted on before.
+
+        At most :data:`MAX_ALERTS_PER_KIND` per kind; a failing alert switches alerts off
+        (with a warning) and nothing else.
+        """
+        groups: dict[str, list[Finding]] = {}
+        for f in findings:
+            if f.severity != "error" or f.kind not in ALERT_LEVELS:
+                continue  # warnings (spikes, dead or vanishing biases) do not page anyone
+            if (f.kind, f.layer) not in self._alerted:
+                self._alerted.add((f.kind, f.layer))
+                groups.setdefault(f.kind, []).append(f)
+        for kind, group in groups.items():
+            if self._alerts_sent.get(kind, 0) >= MAX_ALERTS_PER_KIND:
+                continue
+            self._alerts_sent[kind] = self._alerts_sent.get(kind, 0) + 1
+            tag = f" ({self.keys.tag})" if self.keys.tag else ""
+            title = f"gradwandb: {ALERT_TITLES[kind]}{tag}"[:63]  # W&B: under 64 characters
+            try:
+                self.sink.alert(title, _alert_text(group), ALERT_LEVELS[kind])
+            except Exception as exc:
+                self._alerts = False
+                warnings.warn(
+                    f"gradwandb: sending an alert failed ({type(exc).__name__}: {exc}); "
+                    "alerts are switched off, logging and training go on",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return
+
+    def _write_verdict(self) -> None:
+        """Put the verdict and the findings (each with its fix) into the run summary."""
+        diagnosis = self.diagnosis()
+        self.sink.summary(
+            {
+                self.keys.scalar(K.VERDICT): diagnosis.verdict,
+                self.keys.scalar(K.FINDINGS): [_finding_line(f) for f in diagnosis.findings],
+            }
+        )
 
     def _whole_step(self) -> None:
         """Fallback heartbeat (no optimizer): the end of a backward pass."""
@@ -398,6 +615,21 @@ class Tracker:
             logs[-1] -= record.nonfinite_elements[name]
             record.log10_hist[name] = Histogram(logs, log_edges).trimmed()
             record.zero_frac[name] = (zeros + implicit_zeros) / numel
+
+
+def _finding_line(finding: Finding) -> str:
+    """A finding as one line of the run summary: its message, then its fix."""
+    return f"{finding.message}; {finding.fix}"
+
+
+def _alert_text(group: Sequence[Finding]) -> str:
+    """The body of one alert: the findings (a few spelled out, the rest named) and the fixes."""
+    lines = [f.message for f in group[:_ALERT_LINES]]
+    rest = [f.layer or "the whole model" for f in group[_ALERT_LINES:]]
+    if rest:
+        lines.append(f"... and {len(rest)} more: {', '.join(rest[:20])}")
+    lines.extend(dict.fromkeys(f.fix for f in group))  # each distinct fix once
+    return "\n".join(lines)
 
 
 def _finite(x: float) -> bool:

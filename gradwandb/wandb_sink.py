@@ -13,6 +13,10 @@ as the step the run would write next, unless this sink's previous row is still w
   sent behind the run's current step, where W&B would drop it.
 
 Every row also carries ``gradwandb/step``, the exact optimizer step, whatever the W&B step is.
+
+Alerts go to ``run.alert`` with a wait of :data:`ALERT_WAIT_S` seconds: W&B then sends no
+second alert with the same title within that time (the tracker already sends each kind of
+finding at most once per layer).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gradwandb.sinks import Histogram, Table, Value
+from gradwandb.sinks import Histogram, Image, Table, Value
+
+ALERT_WAIT_S = 300  # W&B's wait_duration: no second alert of the same title within 5 minutes
 
 
 class WandbSink:
@@ -52,6 +58,9 @@ class WandbSink:
     def summary(self, values: Mapping[str, Any]) -> None:
         self.run.summary.update({k: _to_wandb(v) for k, v in values.items()})
 
+    def alert(self, title: str, text: str, level: str) -> None:
+        self.run.alert(title=title, text=text, level=level, wait_duration=ALERT_WAIT_S)
+
     def alive(self) -> bool:
         return not getattr(self.run, "_is_finished", False)
 
@@ -78,6 +87,12 @@ def _to_wandb(value: Any) -> Any:
 
     if isinstance(value, Histogram):
         return wandb.Histogram(np_histogram=(np.asarray(value.counts), np.asarray(value.edges)))
+    if isinstance(value, Image):
+        import io
+
+        from PIL import Image as PILImage
+
+        return wandb.Image(PILImage.open(io.BytesIO(value.png)), caption=value.caption)
     if isinstance(value, Table):
         return wandb.Table(columns=list(value.columns), data=[list(r) for r in value.rows])
     return value

@@ -9,18 +9,24 @@
 ...     optimizer.step()
 >>> sorted(k for k in sink.last() if k.startswith("grad/"))
 ['grad/clip_coef', 'grad/global_norm', 'grad/nonfinite']
+>>> tracker.diagnosis().verdict, sink.summaries["gradwandb/verdict"]
+('healthy', 'healthy')
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from gradwandb.charts import ChartObserver
 from gradwandb.clipping import ClipPolicy, as_policy
+from gradwandb.diagnosis import Diagnoser, Thresholds
 from gradwandb.keys import Keys
+from gradwandb.recurrent import BPTTMonitor
 from gradwandb.schedules import ScheduleLike, as_schedule
 from gradwandb.selection import ParamFilter, check_optimizer, parameter_info, select_parameters
 from gradwandb.sinks import Sink
@@ -51,6 +57,11 @@ def watch(
     params: ParamFilter = None,
     scaler: Any = None,
     name: str | None = None,
+    diagnose: bool | Thresholds = True,
+    alerts: bool = True,
+    guard: bool | int = False,
+    bptt_every: ScheduleLike | None = 10,
+    charts: bool = False,
 ) -> Tracker:
     """Watch ``model``'s gradients and log them to W&B at every optimizer step.
 
@@ -61,16 +72,31 @@ def watch(
             each backward pass counts as a step.
         run: the W&B run to log to; default the active ``wandb.run``.
         sink: log somewhere other than W&B (e.g. :class:`gradwandb.MemorySink`).
-        log_every: log the global norm, clipping, non-finite count and per-layer L2 norms
-            every this many steps (an int, a ``step -> bool``, or None). One pass.
-        layers_every: also log mean|g|, max|g|, weight norms and update ratios (three passes
-            and a copy of the weights).
+        log_every: log the global norm, clip coefficient and non-finite count every this
+            many steps (an int, a ``step -> bool``, or None). One norm pass.
+        layers_every: also log per parameter the L2 norm, mean and max abs(g), weight norm
+            and update ratio (two more passes and a copy of the weights).
         hist_every: also log gradient histograms. Each tier includes the ones before it.
         clip: a max global norm to clip to, or a :class:`ClipPolicy`. Clipping reuses the
             norms already computed and happens before the optimizer reads the gradients.
         params: which parameters: a name prefix, a list of prefixes, or ``(name, p) -> bool``.
         scaler: the ``torch.amp.GradScaler`` in use, to log its scale and skipped steps.
         name: a tag for this model's keys; a second model in one run gets its class name.
+        diagnose: run the diagnosis rules on every logged step (True, or your own
+            :class:`~gradwandb.diagnosis.Thresholds`): ``health/...`` signals join each row,
+            ``tracker.diagnosis()`` gives the verdict and findings, and the run summary gets
+            ``gradwandb/verdict`` and ``gradwandb/findings`` at the end. No extra host sync.
+        alerts: send a W&B alert (``run.alert``) with the fix when diagnosis first finds
+            exploding, vanishing, blocked or non-finite gradients in a layer.
+        guard: skip every optimizer step whose gradients hold NaN/Inf (weights and optimizer
+            state untouched, gradients cleared, ``guard/skipped`` logged) and go on; an int N
+            also raises :class:`~gradwandb.StopTraining` after N such steps in a row. Costs
+            one host sync per step (the global norm, before the optimizer step).
+        bptt_every: for every nn.RNN, nn.LSTM and nn.GRU in the model, log per-timestep
+            gradient norms and their summaries (``bptt/...``) every this many steps, and the
+            recurrent weights' spectra (``rnn/...``) every 100; None turns it off.
+        charts: also log a gradient-flow chart (every 100 steps) and a layer x step heatmap
+            of gradient norms (every 500) as images under ``charts/...``.
 
     Returns:
         The :class:`Tracker`; a context manager, or call ``.remove()``.
@@ -86,6 +112,13 @@ def watch(
         raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
     if name is not None and (not isinstance(name, str) or not name or "/" in name):
         raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+    diagnosing, thresholds = _check_diagnose(diagnose)
+    if not isinstance(alerts, bool):
+        raise TypeError(f"alerts must be True or False, got {alerts!r} ({type(alerts).__name__})")
+    _check_guard(guard)
+    bptt_schedule = as_schedule("bptt_every", bptt_every)
+    if not isinstance(charts, bool):
+        raise TypeError(f"charts must be True or False, got {charts!r} ({type(charts).__name__})")
 
     if sink is None:
         sink, destination = _wandb_sink(run)
@@ -108,9 +141,65 @@ def watch(
         clip=policy,
         scaler=scaler,
         info=parameter_info(model, [n for n, _ in named]),
+        diagnoser=(
+            Diagnoser(thresholds, _layer_types(model, [n for n, _ in named]))
+            if diagnosing
+            else None
+        ),
+        alerts=alerts,
+        guard=guard,
     )
+    if bptt_every is not None and any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        monitor = BPTTMonitor(model, every=bptt_schedule, keys=keys, clock=lambda: tracker.step)
+        tracker.add_observer(monitor.attach())
+        tracker.on_remove(monitor.remove)
+    if charts:
+        tracker.add_observer(ChartObserver(keys=keys))
     _TRACKERS[model] = tracker
     return tracker
+
+
+def _layer_types(model: nn.Module, names: Sequence[str]) -> Mapping[str, str]:
+    """Parameter name -> class name of the module that directly holds it, for ``names``.
+
+    >>> _layer_types(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)), ["0.weight", "1.bias"])
+    {'0.weight': 'Linear', '1.bias': 'LayerNorm'}
+    """
+    wanted = set(names)
+    types: dict[str, str] = {}
+    for prefix, module in model.named_modules():
+        for own, _ in module.named_parameters(recurse=False):
+            full = f"{prefix}.{own}" if prefix else own
+            if full in wanted:
+                types.setdefault(full, type(module).__name__)
+    return types
+
+
+def _check_diagnose(diagnose: object) -> tuple[bool, Thresholds | None]:
+    """Whether to diagnose, and with which thresholds (None: the defaults)."""
+    if isinstance(diagnose, Thresholds):
+        return True, diagnose
+    if isinstance(diagnose, bool):
+        return diagnose, None
+    raise TypeError(
+        f"diagnose must be True, False or a gradwandb.diagnosis.Thresholds, got {diagnose!r} "
+        f"({type(diagnose).__name__}); e.g. diagnose=Thresholds(...) to change a threshold"
+    )
+
+
+def _check_guard(guard: object) -> None:
+    if isinstance(guard, bool):
+        return
+    if not isinstance(guard, int):
+        raise TypeError(
+            "guard must be True (skip steps with NaN/Inf gradients), False, or a whole number "
+            f"N (skip them, and stop after N in a row), got {guard!r} ({type(guard).__name__})"
+        )
+    if guard < 1:
+        raise ValueError(
+            "guard=N stops training after N steps in a row with NaN/Inf gradients, so N must be "
+            f"at least 1, got {guard}; pass guard=True to skip such steps and never stop"
+        )
 
 
 def unwatch(model: nn.Module) -> None:

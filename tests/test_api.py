@@ -46,6 +46,14 @@ BAD: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("clip string", {"clip": "1.0"}, TypeError, "clip"),
     ("bad name", {"name": "a/b"}, ValueError, "name"),
     ("bad scaler", {"scaler": object()}, TypeError, "GradScaler"),
+    ("diagnose string", {"diagnose": "yes"}, TypeError, "diagnose"),
+    ("diagnose int", {"diagnose": 1}, TypeError, "Thresholds"),
+    ("alerts int", {"alerts": 1}, TypeError, "alerts"),
+    ("alerts none", {"alerts": None}, TypeError, "alerts"),
+    ("guard zero", {"guard": 0}, ValueError, "guard=True"),
+    ("guard negative", {"guard": -2}, ValueError, "at least 1"),
+    ("guard fractional", {"guard": 1.5}, TypeError, "guard"),
+    ("guard string", {"guard": "2"}, TypeError, "guard"),
 ]
 
 
