@@ -1,0 +1,400 @@
+"""Activation health: saturated, dead and zero units, and the mean and std of activations.
+
+:class:`ActivationMonitor` hooks a model's activation modules (by default every ``nn.Tanh``,
+``nn.Sigmoid``, ``nn.ReLU``, ``nn.LeakyReLU`` and ``nn.GELU``, and the output sequence of every
+``nn.RNN``, ``nn.LSTM`` and ``nn.GRU``) and, on monitored steps, measures each one's output:
+
+- ``saturated_frac`` (bounded outputs): the fraction of elements in the flat tails, where the
+  gradient vanishes: ``|y| > saturation`` for tanh-like outputs (``nn.Tanh``, a tanh ``nn.RNN``,
+  the h_t of ``nn.LSTM`` and ``nn.GRU``), ``y > saturation`` or ``y < 1 - saturation`` for
+  ``nn.Sigmoid`` (0.99: below 0.01 or above 0.99);
+- ``dead_frac`` (ReLU family: ``nn.ReLU``, ``nn.LeakyReLU``, ``nn.GELU``, a relu ``nn.RNN``):
+  the fraction of units (features, along the last dimension) never positive for any element
+  of the step's forwards (for ``nn.ReLU``: exactly zero throughout);
+- ``zero_frac``: the fraction of elements exactly zero; ``mean`` and ``std`` (population) of
+  the elements.
+
+An ``nn.LSTM`` with ``proj_size`` has unbounded outputs: no ``saturated_frac``. A packed
+sequence counts its real elements only. Several forwards in one step (micro-batches, a module
+called twice) are pooled; a unit is dead only if it is dead in all of them (a module reused
+with different widths in one step gets no ``dead_frac`` for that step). Forwards run with
+autograd off (evaluation under ``torch.no_grad()``) are not counted.
+
+Which step is monitored: as in :class:`~gradwandb.recurrent.BPTTMonitor`, a forward belongs to
+the optimizer step that follows it, read from ``clock`` (``lambda: tracker.step``) or else from
+the records the monitor is called with; the record of step ``s`` reports what the forwards of
+step ``s`` captured, when ``every(s)`` is true.
+
+Cost (where the host syncs happen). A step that is not monitored costs each hooked module one
+hook call that compares a step index and returns. On a monitored step each forward of a watched
+module adds a few reductions of its output on the device (``var_mean``, one or two counts, and
+for the ReLU family a per-unit ``any``) and a few scalar updates of the step's accumulators;
+fp16/bf16 outputs are first widened to float32 (one copy). Nothing is read back until the
+record of that step: :meth:`ActivationMonitor.__call__` moves every module's accumulators to the
+host in one transfer (:func:`gradwandb.statistics.to_host`), the monitor's one sync; a step
+with nothing to report makes none.
+
+>>> import torch, gradwandb
+>>> _ = torch.manual_seed(0)
+>>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+>>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+>>> sink = gradwandb.MemorySink()
+>>> tracker = gradwandb.watch(model, opt, sink=sink)
+>>> monitor = ActivationMonitor(model, every=1, keys=tracker.keys, clock=lambda: tracker.step)
+>>> tracker.add_observer(monitor.attach())
+>>> model(torch.randn(8, 3)).sum().backward()
+>>> opt.step()
+>>> sorted(k for k in sink.last() if k.startswith("act/"))
+['act/1/dead_frac', 'act/1/mean', 'act/1/std', 'act/1/zero_frac']
+>>> monitor.remove(); tracker.remove()
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+from torch.utils.hooks import RemovableHandle
+
+from gradwandb import statistics as S
+from gradwandb.keys import Keys
+from gradwandb.record import StepRecord
+from gradwandb.schedules import ScheduleLike, as_schedule
+from gradwandb.sinks import Value
+
+__all__ = [
+    "ACT",
+    "DEAD_FRAC",
+    "MEAN",
+    "SATURATED_FRAC",
+    "STD",
+    "ZERO_FRAC",
+    "ActivationMonitor",
+    "act_key",
+]
+
+# Keys (to move to gradwandb.keys): act/<module>/<stat>.
+ACT = "act"
+SATURATED_FRAC = "saturated_frac"  # tanh-like |y| > saturation; sigmoid y > s or y < 1 - s
+DEAD_FRAC = "dead_frac"  # ReLU family: fraction of units never positive in the step
+ZERO_FRAC = "zero_frac"  # fraction of elements exactly zero
+MEAN = "mean"  # mean of the elements
+STD = "std"  # population standard deviation of the elements
+
+Kind = Literal["tanh", "sigmoid", "relu", "linear"]
+WATCHED = (nn.Tanh, nn.Sigmoid, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.RNN, nn.LSTM, nn.GRU)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_T = TypeVar("_T")
+
+
+def act_key(keys: Keys, module: str, stat: str) -> str:
+    """``act/<module>/<stat>``, tagged like the tracker's keys.
+
+    >>> act_key(Keys(), "net.1", DEAD_FRAC), act_key(Keys("critic"), "net.1", MEAN)
+    ('act/net.1/dead_frac', 'act/critic/net.1/mean')
+    """
+    return keys.scalar(f"{ACT}/{module}/{stat}")
+
+
+def kind_of(module: nn.Module) -> Kind | None:
+    """What the module's output is: ``tanh``-bounded, ``sigmoid``, ``relu`` family, ``linear``
+    (an LSTM with ``proj_size``), or None when the module is not one this monitor watches.
+
+    >>> kind_of(nn.LSTM(2, 3)), kind_of(nn.RNN(2, 3, nonlinearity="relu")), kind_of(nn.Linear(2, 2))
+    ('tanh', 'relu', None)
+    """
+    if isinstance(module, (nn.Tanh, nn.GRU)):
+        return "tanh"
+    if isinstance(module, nn.LSTM):
+        return "linear" if module.proj_size else "tanh"
+    if isinstance(module, nn.RNN):
+        return "tanh" if module.nonlinearity == "tanh" else "relu"
+    if isinstance(module, nn.Sigmoid):
+        return "sigmoid"
+    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.GELU)):
+        return "relu"
+    return None
+
+
+@dataclass
+class _Tap:
+    """One hooked module and what it accumulated (on its device) for the step monitored."""
+
+    path: str
+    name: str  # in keys
+    module: nn.Module
+    kind: Kind
+    step: int | None = None
+    count: int = 0  # elements seen (host)
+    mean: Tensor | None = None  # float64, pooled mean
+    m2: Tensor | None = None  # float64, pooled sum of squared deviations
+    zeros: Tensor | None = None  # int64 count
+    saturated: Tensor | None = None  # int64 count (tanh and sigmoid)
+    alive: Tensor | None = None  # bool per unit: positive somewhere (relu family)
+    mixed: bool = False  # the unit count changed within the step: no dead_frac
+
+    def reset(self, step: int | None) -> None:
+        self.step = step
+        self.count = 0
+        self.mean = self.m2 = self.zeros = self.saturated = self.alive = None
+        self.mixed = False
+
+    def add(self, y: Tensor, saturation: float) -> None:
+        """Pool one forward's output ``y`` (detached, floating, non-empty) into the step."""
+        if y.dtype in _LOW_PRECISION:
+            y = y.float()
+        n = y.numel()
+        var, mean = torch.var_mean(y, correction=0)
+        mean, m2 = mean.double(), var.double() * n
+        zeros = torch.count_nonzero(y == 0)
+        if self.mean is None or self.m2 is None or self.zeros is None:
+            self.mean, self.m2, self.zeros = mean, m2, zeros
+        else:  # Chan et al.: exact pooling of two groups' means and squared deviations
+            total = self.count + n
+            delta = mean - self.mean
+            self.mean = self.mean + delta * (n / total)
+            self.m2 = self.m2 + m2 + delta.square() * (self.count * n / total)
+            self.zeros = self.zeros + zeros
+        self.count += n
+        if self.kind in ("tanh", "sigmoid"):
+            if self.kind == "tanh":
+                sat = torch.count_nonzero(y.abs() > saturation)
+            else:
+                sat = torch.count_nonzero((y > saturation) | (y < 1.0 - saturation))
+            self.saturated = sat if self.saturated is None else self.saturated + sat
+        if self.kind == "relu" and not self.mixed:
+            alive = (y.reshape(-1, y.shape[-1]) if y.dim() else y.reshape(1, 1)).gt(0).any(0)
+            if self.alive is None:
+                self.alive = alive
+            elif self.alive.shape == alive.shape:
+                self.alive = self.alive | alive
+            else:
+                self.mixed, self.alive = True, None
+
+    def device_stats(self) -> Tensor:
+        """[mean, m2, zeros, (saturated | dead units)] as one float64 tensor on the device."""
+        assert self.mean is not None and self.m2 is not None and self.zeros is not None
+        parts = [self.mean, self.m2, self.zeros.double()]
+        if self.saturated is not None:
+            parts.append(self.saturated.double())
+        if self.alive is not None:
+            parts.append(self.alive.numel() - self.alive.sum(dtype=torch.float64))
+        return torch.stack(parts)
+
+    def row(self, keys: Keys, host: list[float]) -> dict[str, Value]:
+        mean, m2, zeros, *rest = host
+        n = self.count
+        out: dict[str, Value] = {
+            act_key(keys, self.name, ZERO_FRAC): zeros / n,
+            act_key(keys, self.name, MEAN): mean,
+            act_key(keys, self.name, STD): math.sqrt(max(m2, 0.0) / n),
+        }
+        if self.saturated is not None:
+            out[act_key(keys, self.name, SATURATED_FRAC)] = rest.pop(0) / n
+        if self.alive is not None:
+            out[act_key(keys, self.name, DEAD_FRAC)] = rest.pop(0) / self.alive.numel()
+        return out
+
+
+class ActivationMonitor:
+    """Saturated, dead and zero fractions and the mean and std of a model's activations.
+
+    Args:
+        model: the model (an ``nn.Module``).
+        every: measure the activations on these steps (an int n: steps 0, n, 2n, ...; a
+            ``step -> bool``; None: never).
+        modules: only these module paths (from ``named_modules()``, e.g. ``["net.1"]``); each
+            must be one of the watched types. Default: every watched module.
+        saturation: the threshold of ``saturated_frac``, in (0.5, 1): ``|y| >`` it for tanh-like
+            outputs, ``y >`` it or ``y < 1 -`` it for sigmoid.
+        keys: the tracker's :class:`~gradwandb.keys.Keys`, so a tagged tracker gets tagged keys.
+        clock: returns the index of the optimizer step the next forward belongs to, e.g.
+            ``lambda: tracker.step``; without it the monitor follows the records it is given.
+
+    Call :meth:`attach` to hook the modules, add the monitor as an observer
+    (``tracker.add_observer(monitor)``), and :meth:`remove` when done.
+
+    Keys, on monitored steps (``<module>`` is the module's path, e.g. ``net.1``, or the model's
+    class name in lower case for the model itself; a tagged ``keys`` inserts its tag after the
+    first ``/``): ``act/<module>/zero_frac``, ``mean``, ``std``; ``saturated_frac`` for bounded
+    outputs; ``dead_frac`` for the ReLU family.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        every: ScheduleLike | None = 10,
+        modules: Sequence[str] | None = None,
+        saturation: float = 0.99,
+        keys: Keys = Keys(),  # noqa: B008  (frozen, immutable)
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                "ActivationMonitor needs the model (an nn.Module), "
+                f"got {model!r} ({type(model).__name__})"
+            )
+        if isinstance(saturation, bool) or not isinstance(saturation, (int, float)):
+            raise TypeError(f"saturation must be a number in (0.5, 1), got {saturation!r}")
+        if not 0.5 < saturation < 1.0:
+            raise ValueError(
+                "saturation must be in (0.5, 1), the |y| above which a tanh output counts as "
+                f"saturated (e.g. 0.99), got {saturation}"
+            )
+        if not isinstance(keys, Keys):
+            raise TypeError(f"keys must be a gradwandb.Keys (the tracker's), got {keys!r}")
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a callable returning the step index, got {clock!r}")
+        self.model = model
+        self.keys = keys
+        self.saturation = float(saturation)
+        self._every = as_schedule("every", every)
+        self._clock = clock
+        self._next = 0  # step of the next forward, as the records tell (without a clock)
+        self._taps = [
+            _Tap(path, path or type(model).__name__.lower(), m, kind)
+            for path, m, kind in _find(model, modules)
+        ]
+        self._handles: list[RemovableHandle] = []
+        self._failed = False
+
+    @property
+    def modules(self) -> list[str]:
+        """The paths of the watched modules, in model order."""
+        return [t.path for t in self._taps]
+
+    @property
+    def attached(self) -> bool:
+        """True between :meth:`attach` and :meth:`remove`."""
+        return bool(self._handles)
+
+    def attach(self) -> ActivationMonitor:
+        """Hook the modules (again after :meth:`remove`; a second call does nothing)."""
+        if not self._handles:
+            self._handles = [t.module.register_forward_hook(self._hook(t)) for t in self._taps]
+        return self
+
+    def remove(self) -> None:
+        """Take every hook out and drop captured data."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for tap in self._taps:
+            tap.reset(None)
+
+    def __enter__(self) -> ActivationMonitor:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "detached"
+        return f"<gradwandb.ActivationMonitor {self.modules} {state}>"
+
+    # -- the forward hook ---------------------------------------------------------------------
+
+    def _monitored_step(self) -> int | None:
+        """The step this forward belongs to, if it is monitored; else None. Cheap."""
+        if self._failed or not torch.is_grad_enabled():
+            return None
+        step = self._clock() if self._clock is not None else self._next
+        return step if self._every(step) else None
+
+    def _hook(self, tap: _Tap) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            step = self._guard(self._monitored_step)
+            if step is not None:
+                self._guard(lambda: self._capture(tap, step, out))
+
+        return hook
+
+    def _capture(self, tap: _Tap, step: int, out: Any) -> None:
+        y = out[0] if isinstance(out, tuple) else out  # recurrent: the output sequence
+        if isinstance(y, PackedSequence):
+            y = y.data
+        if not isinstance(y, Tensor) or not y.is_floating_point() or y.numel() == 0:
+            return
+        if tap.step != step:
+            tap.reset(step)  # data of an earlier step that was never reported: dropped
+        with torch.no_grad():
+            tap.add(y.detach(), self.saturation)
+
+    def _guard(self, body: Callable[[], _T]) -> _T | None:
+        """Run ``body``; an error of ours is reported once and switches the monitor off."""
+        try:
+            return body()
+        except Exception as exc:  # never break the user's forward
+            if not self._failed:
+                self._failed = True
+                warnings.warn(
+                    f"gradwandb.ActivationMonitor: internal error ({type(exc).__name__}: {exc}); "
+                    "activation monitoring is switched off and training goes on",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return None
+
+    # -- the observer -------------------------------------------------------------------------
+
+    def __call__(self, record: StepRecord) -> dict[str, Value] | None:
+        """The ``act/...`` keys of step ``record.step``, or None; one transfer to the host."""
+        step = record.step
+        self._next = step + 1
+        if self._failed:
+            return None
+        row: dict[str, Value] | None = self._guard(lambda: self._report(step))
+        return row or None
+
+    def _report(self, step: int) -> dict[str, Value]:
+        ready = [t for t in self._taps if t.step == step and t.count]
+        if not ready:
+            return {}
+        host = S.to_host({str(i): t.device_stats() for i, t in enumerate(ready)})
+        row: dict[str, Value] = {}
+        for i, tap in enumerate(ready):
+            row.update(tap.row(self.keys, host[str(i)]))
+            tap.reset(None)
+        return row
+
+
+def _find(model: nn.Module, paths: Sequence[str] | None) -> list[tuple[str, nn.Module, Kind]]:
+    found = [(p, m, k) for p, m in model.named_modules() if (k := kind_of(m)) is not None]
+    if paths is None:
+        if not found:
+            raise ValueError(
+                f"{type(model).__name__} has no nn.Tanh, nn.Sigmoid, nn.ReLU, nn.LeakyReLU, "
+                "nn.GELU, nn.RNN, nn.LSTM or nn.GRU module, which is what ActivationMonitor "
+                "watches (functional calls such as torch.relu cannot be hooked); pass a model "
+                "that contains one"
+            )
+        return found
+    if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+        raise TypeError(f"modules must be a list of module paths, e.g. ['net.1'], got {paths!r}")
+    if not paths:
+        raise ValueError("modules is empty: pass None to watch every activation module")
+    every_module = dict(model.named_modules())
+    watched = [p or "''" for p, _, _ in found]
+    chosen: list[tuple[str, nn.Module, Kind]] = []
+    for path in paths:
+        if path not in every_module:
+            raise ValueError(
+                f"module path {path!r} is not in {type(model).__name__}; its watchable modules "
+                f"are {watched}"
+            )
+        module = every_module[path]
+        kind = kind_of(module)
+        if kind is None:
+            raise ValueError(
+                f"module {path!r} is a {type(module).__name__}, not an activation or recurrent "
+                f"module ActivationMonitor watches; those of {type(model).__name__} are {watched}"
+            )
+        chosen.append((path, module, kind))
+    return chosen
