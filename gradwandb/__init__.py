@@ -5,6 +5,7 @@
 True
 """
 
+from gradwandb.activations import ActivationMonitor
 from gradwandb.adaptive_clipping import PercentileClip, UnitwiseClip, ValueClip, ZScoreClip
 from gradwandb.charts import ChartObserver
 from gradwandb.clipping import ClipPolicy, ClipResult, NormClip
@@ -19,6 +20,7 @@ from gradwandb.watching import unwatch, watch
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationMonitor",
     "BPTTMonitor",
     "ChartObserver",
     "ClipPolicy",

@@ -26,6 +26,16 @@ The rules (every threshold is a field of :class:`Thresholds`):
 - **dead** (warning): a gradient norm of exactly 0 for ``sustain`` consecutive per-layer
   records (reported instead of vanishing while the gradient is exactly 0).
 
+Through time (:meth:`Diagnoser.observe_recurrent`, fed the per-module summaries of
+:class:`~gradwandb.recurrent.BPTTMonitor`; the layer is the recurrent module's name):
+
+- **vanishing** (error): the effective horizon under ``horizon_frac`` of the sequence length,
+  or (with a saturated fraction given) the activations saturated over ``saturation``, for
+  ``sustain`` consecutive reports of that module.
+- **exploding** (error): the largest spectral radius of the recurrent weights over
+  ``radius_limit`` while the gradient grows going back in time (decay rate < 0) or the global
+  norm of that step is over ``explode_global``.
+
 Each finding is reported once per kind and layer; its ``step`` is the step the condition began
 (for sustained rules, the first step of the stretch). The verdict is the worst *error* kind seen
 in the run: nonfinite > exploding > vanishing (vanishing and flow) > healthy; warnings (spikes,
@@ -51,6 +61,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Protocol
 
 from gradwandb.record import StepRecord
 
@@ -90,6 +101,9 @@ class Thresholds:
     spike_window: int = 50  # span of the exponentially weighted average and variance
     spike_warmup: int = 10  # logged steps before spikes are judged
     spike_min_std: float = 0.05  # floor of the standard deviation, in decades
+    horizon_frac: float = 0.25  # a horizon under this fraction of the sequence is vanishing
+    radius_limit: float = 1.5  # a recurrent spectral radius over this can explode
+    saturation: float = 0.5  # a saturated fraction of activations over this is vanishing
 
     def __post_init__(self) -> None:
         defaults = {f.name: f.default for f in fields(self)}
@@ -112,6 +126,12 @@ class Thresholds:
             if not ok:
                 raise ValueError(
                     f"Thresholds({f.name}={value!r}): {want}; for example {f.name}={default!r}"
+                )
+        for name in ("horizon_frac", "saturation"):
+            if getattr(self, name) > 1.0:
+                raise ValueError(
+                    f"Thresholds({name}={getattr(self, name)!r}): must be a fraction in (0, 1]; "
+                    f"for example {name}={defaults[name]!r}"
                 )
         for low, high in (("vanish_norm", "explode_norm"), ("vanish_global", "explode_global")):
             if getattr(self, low) >= getattr(self, high):
@@ -142,6 +162,26 @@ class Diagnosis:
 
     verdict: str
     findings: tuple[Finding, ...]
+
+
+class TimeSummary(Protocol):
+    """What :meth:`Diagnoser.observe_recurrent` reads of one module's report through time
+    (:class:`gradwandb.recurrent.RecurrentSummary` is one): the horizon in timesteps, the
+    decay rate of ln(norm) per timestep going back (None when unknown), the first/last ratio,
+    and the largest spectral radius of the recurrent weights (None until computed)."""
+
+    @property
+    def step(self) -> int: ...
+    @property
+    def seq_len(self) -> int: ...
+    @property
+    def horizon(self) -> int: ...
+    @property
+    def decay_rate(self) -> float | None: ...
+    @property
+    def first_last_ratio(self) -> float | None: ...
+    @property
+    def spectral_radius(self) -> float | None: ...
 
 
 _VERDICT_OF_KIND = {
@@ -221,6 +261,22 @@ _SPIKE_FIX = (
     "try: an adaptive clip policy (z-score or percentile) absorbs such spikes, or a fixed "
     "gradwandb.watch(..., clip=1.0); if they recur, lower the learning rate or add warmup, "
     "and look at the batch of that step"
+)
+_FORGET_BIAS = "a forget-gate bias of 1 (LSTM: fill the f block of bias_ih with 1)"
+_SPECTRAL_NORM = (
+    "spectral normalisation of weight_hh (torch.nn.utils.parametrizations.spectral_norm)"
+)
+_TIME_VANISH_FIX = {
+    "rnn": (_GATED, _ORTHO, _TBPTT),
+    "lstm": (_FORGET_BIAS, _ORTHO, _TBPTT),
+    "gated": (_ORTHO, _TBPTT, "layer norm inside the cell"),
+    "other": (_ORTHO, _TBPTT),
+}
+_TIME_EXPLODE_FIX = (_CLIP, _ORTHO + " or " + _SPECTRAL_NORM, _LOWER_LR, _TBPTT)
+_SATURATION_FIX = (
+    "a smaller init scale of the weights feeding it (input and recurrent)",
+    _LAYERNORM + " or inside the cell",
+    _LOWER_LR,
 )
 _DEAD_FIX = {
     "embedding": (
@@ -439,19 +495,25 @@ class Diagnoser:
         self._reported: set[tuple[str, str | None]] = set()
         self._findings: list[Finding] = []
         self._health: dict[str, float] = {}
+        self._short_horizon: dict[str, _Streak] = {}  # per recurrent module
+        self._saturated: dict[str, _Streak] = {}
+        self._pending: list[Finding] = []  # found through time, not yet returned by update()
+        self._last_global: tuple[int, float] | None = None  # (step, global norm) of the last record
 
     # -- public ---------------------------------------------------------------------------
 
     def update(self, record: StepRecord) -> list[Finding]:
-        """Read one logged record; return the findings that are new at it."""
+        """Read one logged record; return the findings that are new at it, after those that
+        :meth:`observe_recurrent` found since the last call and :meth:`flush` did not take."""
         if record.norm and len(record.norm) != len(record.names):
             raise ValueError(
                 f"StepRecord(step={record.step}) has {len(record.norm)} per-layer norms for "
                 f"{len(record.names)} names: pass one norm per name, or norm=[] for a record "
                 "with only the global scalars"
             )
-        new: list[Finding] = []
+        new: list[Finding] = self.flush()
         health: dict[str, float] = {}
+        self._last_global = (record.step, record.global_norm)
         bad = self._nonfinite(record, new)
         exploding = self._global(record, new, health)
         if record.norm:
@@ -465,6 +527,58 @@ class Diagnoser:
         health["health/nonfinite"] = 1.0 if bad else 0.0
         self._health = health
         return new
+
+    def observe_recurrent(
+        self,
+        step: int,
+        module: str,
+        module_type: str,
+        summary: TimeSummary,
+        saturated: float | None = None,
+    ) -> list[Finding]:
+        """Read one recurrent module's report through time; return the findings new at it.
+
+        ``module`` names the module (the layer of its findings), ``module_type`` is its class
+        name (``"RNN"``, ``"LSTM"``, ``"GRU"``; it picks the fix), ``summary`` its
+        :class:`TimeSummary` at ``step`` and ``saturated`` the fraction of its activations
+        that are saturated, if measured. Call it after :meth:`update` of the same step (the
+        global norm of that record joins the exploding rule). The findings also wait in
+        :meth:`flush` (and so reach the next :meth:`update`'s return) for a consumer that
+        only reads those.
+
+        >>> from gradwandb.recurrent import RecurrentSummary
+        >>> d = Diagnoser(Thresholds(sustain=2))
+        >>> short = RecurrentSummary(step=0, seq_len=40, horizon=3, decay_rate=0.9)
+        >>> d.observe_recurrent(0, "encoder", "RNN", short)
+        []
+        >>> [(f.kind, f.layer, f.step, f.value) for f in d.observe_recurrent(10, "encoder", "RNN",
+        ...  RecurrentSummary(step=10, seq_len=40, horizon=4, decay_rate=0.8))]
+        [('vanishing', 'encoder', 0, 0.1)]
+        """
+        if not isinstance(module, str) or not isinstance(module_type, str):
+            raise TypeError(
+                f"observe_recurrent(module={module!r}, module_type={module_type!r}): pass the "
+                "module's name and its class name as strings, e.g. 'encoder', 'LSTM'"
+            )
+        if saturated is not None and not (
+            isinstance(saturated, (int, float)) and 0.0 <= saturated <= 1.0
+        ):
+            raise ValueError(
+                f"observe_recurrent(saturated={saturated!r}): pass a fraction in [0, 1] or None"
+            )
+        new: list[Finding] = []
+        self._time_vanishing(step, module, module_type, summary, new)
+        self._time_exploding(step, module, module_type, summary, new)
+        if saturated is not None:
+            self._saturation(step, module, module_type, float(saturated), new)
+        self._pending += new
+        return new
+
+    def flush(self) -> list[Finding]:
+        """The findings of :meth:`observe_recurrent` not yet returned by :meth:`update` or by
+        this method (each is returned once), for a consumer that alerts on new findings."""
+        out, self._pending = self._pending, []
+        return out
 
     def health(self) -> dict[str, float]:
         """Signals of the last record, as ``{"health/<name>": float}``.
@@ -726,3 +840,76 @@ class Diagnoser:
             )
             fix = _fix(_VANISH_FIX, self._family_of(name))
             self._emit(new, Finding("flow", name, self._flow.since, ratio, message, fix, "error"))
+
+    # -- rules through time ---------------------------------------------------------------
+
+    def _time_vanishing(
+        self, step: int, module: str, module_type: str, s: TimeSummary, new: list[Finding]
+    ) -> None:
+        t = self.thresholds
+        streak = self._short_horizon.setdefault(module, _Streak())
+        growing = s.decay_rate is not None and s.decay_rate < 0.0  # a short horizon of growth
+        if s.seq_len < 2 or growing or s.horizon >= t.horizon_frac * s.seq_len:
+            streak.miss()
+            return
+        lasting = streak.hit(step)
+        if lasting < t.sustain or not self._fresh("vanishing", module):
+            return
+        early = ""
+        if s.first_last_ratio is not None:
+            early = f"; the first timestep gets {_g(s.first_last_ratio)} of the last one's"
+        message = (
+            f"gradient through time in '{module}' ({module_type}) fades within {s.horizon} of "
+            f"{s.seq_len} timesteps (under {t.horizon_frac:g} of the sequence) for {lasting} "
+            f"reports since step {streak.since}{early}: early inputs barely learn"
+        )
+        family = "lstm" if module_type == "LSTM" else _family(module_type, None)
+        fix = _fix(_TIME_VANISH_FIX, family)
+        value = s.horizon / s.seq_len
+        self._emit(new, Finding("vanishing", module, streak.since, value, message, fix, "error"))
+
+    def _time_exploding(
+        self, step: int, module: str, module_type: str, s: TimeSummary, new: list[Finding]
+    ) -> None:
+        t, radius = self.thresholds, s.spectral_radius
+        if radius is None or not radius > t.radius_limit or not self._fresh("exploding", module):
+            return
+        growing = s.decay_rate is not None and s.decay_rate < 0.0
+        last = self._last_global
+        over = last is not None and last[0] == step and last[1] > t.explode_global
+        if not (growing or over):
+            return
+        if growing:
+            assert s.decay_rate is not None
+            why = (
+                f"the gradient grows going back in time (x{_g(math.exp(-s.decay_rate))} per "
+                "timestep)"
+            )
+        else:
+            assert last is not None
+            why = f"the global gradient norm is {_g(last[1])}, over {_g(t.explode_global)}"
+        message = (
+            f"recurrent weights of '{module}' ({module_type}) have spectral radius {_g(radius)}, "
+            f"over {_g(t.radius_limit)}, and {why} at step {step}"
+        )
+        fix = "try: " + "; ".join(_TIME_EXPLODE_FIX)
+        self._emit(new, Finding("exploding", module, step, radius, message, fix, "error"))
+
+    def _saturation(
+        self, step: int, module: str, module_type: str, frac: float, new: list[Finding]
+    ) -> None:
+        t = self.thresholds
+        streak = self._saturated.setdefault(module, _Streak())
+        if not frac > t.saturation:
+            streak.miss()
+            return
+        lasting = streak.hit(step)
+        if lasting < t.sustain or not self._fresh("vanishing", module):
+            return
+        message = (
+            f"{frac:.0%} of the activations of '{module}' ({module_type}) are saturated (over "
+            f"{t.saturation:.0%}) for {lasting} reports since step {streak.since}: their "
+            "derivative is near 0, so the gradient through time vanishes"
+        )
+        fix = "try: " + "; ".join(_SATURATION_FIX)
+        self._emit(new, Finding("vanishing", module, streak.since, frac, message, fix, "error"))

@@ -78,6 +78,7 @@ OUTPUT_COLUMNS = {
     1: ("output_grad_norm",),
     2: ("output_grad_norm_forward", "output_grad_norm_reverse"),
 }
+HEATMAP = "heatmap"  # bptt/<module>/heatmap: Image, log10 input-gradient norm, timestep x step
 FIRST_LAST_RATIO = "first_last_ratio"
 DECAY_RATE = "decay_rate"
 HORIZON = "horizon"

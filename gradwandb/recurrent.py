@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -74,10 +75,12 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.utils.hooks import RemovableHandle
 
 from gradwandb import statistics as S
+from gradwandb.charts import _heatmap_figure, _log10, _png
 from gradwandb.keys import (
     CURVE,
     DECAY_RATE,
     FIRST_LAST_RATIO,
+    HEATMAP,
     HORIZON,
     OUTPUT_COLUMNS,
     SEQ_LEN,
@@ -89,11 +92,13 @@ from gradwandb.keys import (
 )
 from gradwandb.record import StepRecord
 from gradwandb.schedules import ScheduleLike, as_schedule
-from gradwandb.sinks import Table, Value
+from gradwandb.sinks import Image, Table, Value
 
 __all__ = [
+    "HEATMAP",
     "BPTTMonitor",
     "PowerIteration",
+    "RecurrentSummary",
     "bptt_key",
     "curve_summary",
     "rnn_key",
@@ -104,6 +109,23 @@ RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
 _T = TypeVar("_T")
 # Row blocks of weight_hh, in PyTorch's order; a vanilla RNN has one block and no gate level.
 GATES: dict[str, tuple[str, ...]] = {"LSTM": ("i", "f", "g", "o"), "GRU": ("r", "z", "n")}
+HEATMAP_COLUMNS = 100  # monitored steps kept per module for the heatmap
+
+
+@dataclass(frozen=True)
+class RecurrentSummary:
+    """One module's report through time at ``step`` (see :func:`curve_summary`), and the largest
+    spectral radius of its recurrent weight blocks at the latest spectral step (None before)."""
+
+    step: int
+    seq_len: int
+    horizon: int
+    decay_rate: float | None = None
+    first_last_ratio: float | None = None
+    spectral_radius: float | None = None
+
+
+OnSummary = Callable[[int, str, str, RecurrentSummary], object]
 
 
 # -- the curve and its summaries (host) ---------------------------------------------------
@@ -227,6 +249,10 @@ class _Tap:
     outputs: _Curve = field(default_factory=_Curve)
     tensor_hooks: list[RemovableHandle] = field(default_factory=list)
     spectrum: PowerIteration | None = None
+    radius: float | None = None  # largest spectral radius at the latest spectral step
+    columns: deque[tuple[int, list[float]]] = field(
+        default_factory=lambda: deque(maxlen=HEATMAP_COLUMNS)
+    )  # (step, input-gradient curve) of the latest monitored steps
 
     @property
     def directions(self) -> int:
@@ -419,6 +445,12 @@ class BPTTMonitor:
         keys: the tracker's :class:`~gradwandb.keys.Keys`, so a tagged tracker gets tagged keys.
         clock: returns the index of the optimizer step the next forward belongs to, e.g.
             ``lambda: tracker.step``; without it the monitor follows the records it is given.
+        heatmap_every: log each module's timestep x step heatmap on these steps (same forms).
+        on_summary: called as ``on_summary(step, module, module_type, summary)`` with each
+            module's :class:`RecurrentSummary` on every step that reports its curve (``module``
+            is its name in keys, ``module_type`` its class name), e.g. a
+            :meth:`~gradwandb.diagnosis.Diagnoser.observe_recurrent`; an error in it is
+            reported once and switches the callback off.
 
     Call :meth:`attach` to hook the modules, add the monitor as an observer
     (``tracker.add_observer(monitor)``), and :meth:`remove` when done.
@@ -436,7 +468,15 @@ class BPTTMonitor:
     and on spectral steps, for each ``weight_hh_l<k>`` (and ``weight_hh_l<k>_reverse``), per
     gate block (LSTM ``i f g o``, GRU ``r z n``; a vanilla RNN has no gate level):
 
-    - ``rnn/<module>/<weight>/<gate>/spectral_radius`` and ``.../sigma_max``.
+    - ``rnn/<module>/<weight>/<gate>/spectral_radius`` and ``.../sigma_max``;
+
+    and on ``heatmap_every`` steps, once a curve was captured:
+
+    - ``bptt/<module>/heatmap``: an :class:`~gradwandb.sinks.Image` of log10 of the input
+      curve (dL/dx_t), one row per timestep (first on top), one column per monitored step,
+      the last :data:`HEATMAP_COLUMNS` (:meth:`heatmap_data` has its numbers).
+
+    :attr:`summaries` holds each module's latest :class:`RecurrentSummary`.
     """
 
     def __init__(
@@ -449,6 +489,8 @@ class BPTTMonitor:
         modules: Sequence[str] | None = None,
         keys: Keys = Keys(),  # noqa: B008  (frozen, immutable)
         clock: Callable[[], int] | None = None,
+        heatmap_every: ScheduleLike | None = 500,
+        on_summary: OnSummary | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -466,12 +508,20 @@ class BPTTMonitor:
             raise TypeError(f"keys must be a gradwandb.Keys (the tracker's), got {keys!r}")
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be a callable returning the step index, got {clock!r}")
+        if on_summary is not None and not callable(on_summary):
+            raise TypeError(
+                "on_summary must be a callable (step, module, module_type, summary), e.g. "
+                f"diagnoser.observe_recurrent, got {on_summary!r}"
+            )
         self.model = model
         self.keys = keys
         self.horizon_factor = float(horizon_factor)
         self._every = as_schedule("every", every)
         self._spectral_at = as_schedule("spectral_every", spectral_every)
+        self._heatmap_at = as_schedule("heatmap_every", heatmap_every)
         self._clock = clock
+        self._on_summary = on_summary
+        self._summaries: dict[str, RecurrentSummary] = {}
         self._next = 0  # step of the next forward, as the records tell (without a clock)
         self._taps = [
             _Tap(path, _key_name(path, m), m, GATES.get(type(m).__name__, ()))
@@ -484,6 +534,28 @@ class BPTTMonitor:
     def modules(self) -> list[str]:
         """The paths of the watched modules, in model order."""
         return [t.path for t in self._taps]
+
+    @property
+    def summaries(self) -> dict[str, RecurrentSummary]:
+        """Each module's latest :class:`RecurrentSummary`, by its name in keys."""
+        return dict(self._summaries)
+
+    def heatmap_data(self, module: str) -> tuple[list[int], list[list[float | None]]]:
+        """The heatmap of ``module`` (its name in keys): the monitored steps, and per timestep
+        the log10 input-gradient norm at each of them (None past that step's sequence)."""
+        tap = next((t for t in self._taps if t.name == module), None)
+        if tap is None:
+            raise KeyError(
+                f"no recurrent module named {module!r}; the monitor has "
+                f"{[t.name for t in self._taps]}"
+            )
+        steps = [step for step, _ in tap.columns]
+        length = max((len(curve) for _, curve in tap.columns), default=0)
+        grid: list[list[float | None]] = [
+            [_log10(curve[t]) if t < len(curve) else None for _, curve in tap.columns]
+            for t in range(length)
+        ]
+        return steps, grid
 
     @property
     def attached(self) -> bool:
@@ -636,27 +708,73 @@ class BPTTMonitor:
                 tap.spectrum = tap.spectrum or PowerIteration()
                 device[f"spec{j}"] = tap.spectrum.advance(mats)
                 spectral.append((tap, names))
-        if not device:
-            return {}
-        host = S.to_host(device)  # the monitor's one sync on this step, after the tracker's
         row: dict[str, Value] = {}
-        for i, tap in enumerate(ready):
-            row.update(self._curve_row(tap, host[f"in{i}"], host.get(f"out{i}")))
+        if device:
+            host = S.to_host(device)  # the monitor's one sync on this step, after the tracker's
+            for j, (tap, names) in enumerate(spectral):
+                assert tap.spectrum is not None
+                results = tap.spectrum.read(host[f"spec{j}"])
+                radii = [r for r, _ in results if math.isfinite(r)]
+                tap.radius = max(radii) if radii else None
+                for (weight, gate), (radius, sigma) in zip(names, results, strict=True):
+                    row[rnn_key(self.keys, tap.name, weight, gate, SPECTRAL_RADIUS)] = radius
+                    row[rnn_key(self.keys, tap.name, weight, gate, SIGMA_MAX)] = sigma
+            reports = []
+            for i, tap in enumerate(ready):
+                curve_row, summary = self._curve_row(tap, step, host[f"in{i}"], host.get(f"out{i}"))
+                row.update(curve_row)
+                reports.append((tap, summary))
+            for tap in self._taps:
+                if tap.step == step:
+                    tap.reset(None)  # reported (or only half captured): done with this step
+            for tap, summary in reports:
+                self._summaries[tap.name] = summary
+                self._notify(tap, summary)
+        if self._heatmap_at(step):
+            row.update(self._heatmaps())
+        return row
+
+    def _notify(self, tap: _Tap, summary: RecurrentSummary) -> None:
+        """Hand ``summary`` to ``on_summary``; its error is reported once and switches it off."""
+        callback = self._on_summary
+        if callback is None:
+            return
+        try:
+            callback(summary.step, tap.name, type(tap.module).__name__, summary)
+        except Exception as exc:
+            self._on_summary = None
+            warnings.warn(
+                f"gradwandb.BPTTMonitor: on_summary failed ({type(exc).__name__}: {exc}); it is "
+                "switched off and monitoring goes on",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _heatmaps(self) -> dict[str, Value]:
+        """The heatmap image of every module with columns; a drawing error switches them off."""
+        row: dict[str, Value] = {}
         for tap in self._taps:
-            if tap.step == step:
-                tap.reset(None)  # reported (or only half captured): done with this step
-        for j, (tap, names) in enumerate(spectral):
-            assert tap.spectrum is not None
-            for (weight, gate), (radius, sigma) in zip(
-                names, tap.spectrum.read(host[f"spec{j}"]), strict=True
-            ):
-                row[rnn_key(self.keys, tap.name, weight, gate, SPECTRAL_RADIUS)] = radius
-                row[rnn_key(self.keys, tap.name, weight, gate, SIGMA_MAX)] = sigma
+            if not tap.columns:
+                continue
+            steps, grid = self.heatmap_data(tap.name)
+            try:
+                png = _timestep_heatmap(tap.name, steps, grid)
+            except Exception as exc:
+                self._heatmap_at = _never
+                warnings.warn(
+                    f"gradwandb.BPTTMonitor: drawing the heatmap failed ({type(exc).__name__}: "
+                    f"{exc}); heatmaps are switched off and monitoring goes on",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return {}
+            caption = f"{tap.name}: log10 dL/dx_t, timestep x step"
+            row[bptt_key(self.keys, tap.name, HEATMAP)] = Image(png, caption)
         return row
 
     def _curve_row(
-        self, tap: _Tap, inputs: list[float], outputs: list[float] | None
-    ) -> dict[str, Value]:
+        self, tap: _Tap, step: int, inputs: list[float], outputs: list[float] | None
+    ) -> tuple[dict[str, Value], RecurrentSummary]:
         length = max(len(tap.inputs.counts), len(tap.outputs.counts))
         x = tap.inputs.means(inputs, length)[0]
         dirs = tap.directions
@@ -664,9 +782,38 @@ class BPTTMonitor:
         columns = ("timestep", "input_grad_norm", *OUTPUT_COLUMNS[dirs])
         rows = [[t, x[t], *(y[t] for y in ys)] for t in range(length)]
         row: dict[str, Value] = {bptt_key(self.keys, tap.name, CURVE): Table(columns, rows)}
-        for stat, value in curve_summary(x, self.horizon_factor).items():
+        stats = curve_summary(x, self.horizon_factor)
+        for stat, value in stats.items():
             row[bptt_key(self.keys, tap.name, stat)] = value
-        return row
+        tap.columns.append((step, list(x)))
+        decay, ratio = stats.get(DECAY_RATE), stats.get(FIRST_LAST_RATIO)
+        summary = RecurrentSummary(
+            step=step,
+            seq_len=int(stats[SEQ_LEN]),
+            horizon=int(stats[HORIZON]),
+            decay_rate=None if decay is None else float(decay),
+            first_last_ratio=None if ratio is None else float(ratio),
+            spectral_radius=tap.radius,
+        )
+        return row, summary
+
+
+def _never(step: int) -> bool:
+    return False
+
+
+def _timestep_heatmap(name: str, steps: list[int], grid: list[list[float | None]]) -> bytes:
+    """PNG of one module's heatmap, drawn with :mod:`gradwandb.charts`' heatmap code."""
+    fig = _heatmap_figure(steps, [str(t) for t in range(len(grid))], grid)
+    ax = fig.axes[0]
+    ax.set_ylabel("timestep")
+    ax.set_xlabel("optimizer step (monitored steps)")
+    ax.set_title(
+        f"{name}: log10 input-gradient norm dL/dx_t per timestep (first on top)",
+        loc="left",
+        fontsize=10,
+    )
+    return _png(fig)
 
 
 def _find(model: nn.Module, paths: Sequence[str] | None) -> list[tuple[str, nn.RNNBase]]:

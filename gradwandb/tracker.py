@@ -409,6 +409,12 @@ class Tracker:
         row = to_row(record, self.keys)
         for observer in self._observers:
             row.update(observer(record) or {})
+        if self._diagnoser is not None:  # findings observers made (through time) this step
+            late = self._diagnoser.flush()
+            if late:
+                if self._alerts:
+                    self._alert(late)
+                self._write_verdict()
         if self._info_pending:
             row[self.keys.scalar(K.PARAMS_TABLE)] = self._info.table
             self._info_pending = False

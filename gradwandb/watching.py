@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwandb.activations import ActivationMonitor
 from gradwandb.charts import ChartObserver
 from gradwandb.clipping import ClipPolicy, as_policy
 from gradwandb.diagnosis import Diagnoser, Thresholds
@@ -62,6 +63,7 @@ def watch(
     guard: bool | int = False,
     bptt_every: ScheduleLike | None = 10,
     charts: bool = False,
+    activations_every: ScheduleLike | None = None,
 ) -> Tracker:
     """Watch ``model``'s gradients and log them to W&B at every optimizer step.
 
@@ -93,8 +95,14 @@ def watch(
             also raises :class:`~gradwandb.StopTraining` after N such steps in a row. Costs
             one host sync per step (the global norm, before the optimizer step).
         bptt_every: for every nn.RNN, nn.LSTM and nn.GRU in the model, log per-timestep
-            gradient norms and their summaries (``bptt/...``) every this many steps, and the
-            recurrent weights' spectra (``rnn/...``) every 100; None turns it off.
+            gradient norms and their summaries (``bptt/...``) every this many steps, the
+            recurrent weights' spectra (``rnn/...``) every 100 and a timestep x step heatmap
+            (``bptt/<module>/heatmap``) every 500; with ``diagnose`` the summaries feed the
+            rules through time (vanishing and exploding per recurrent module). None turns it
+            off.
+        activations_every: log activation health (``act/...``: saturated, dead and zero
+            fractions, mean and std of every nn.Tanh, nn.Sigmoid, nn.ReLU, nn.LeakyReLU,
+            nn.GELU and recurrent output) every this many steps; None (default): off.
         charts: also log a gradient-flow chart (every 100 steps) and a layer x step heatmap
             of gradient norms (every 500) as images under ``charts/...``.
 
@@ -117,6 +125,7 @@ def watch(
         raise TypeError(f"alerts must be True or False, got {alerts!r} ({type(alerts).__name__})")
     _check_guard(guard)
     bptt_schedule = as_schedule("bptt_every", bptt_every)
+    activations_schedule = as_schedule("activations_every", activations_every)
     if not isinstance(charts, bool):
         raise TypeError(f"charts must be True or False, got {charts!r} ({type(charts).__name__})")
 
@@ -129,6 +138,9 @@ def watch(
     previous = _TRACKERS.get(model)
     if previous is not None:
         previous.remove()  # watching again replaces the old hooks, never doubles them
+    diagnoser = (
+        Diagnoser(thresholds, _layer_types(model, [n for n, _ in named])) if diagnosing else None
+    )
     tracker = Tracker(
         model,
         named,
@@ -141,18 +153,26 @@ def watch(
         clip=policy,
         scaler=scaler,
         info=parameter_info(model, [n for n, _ in named]),
-        diagnoser=(
-            Diagnoser(thresholds, _layer_types(model, [n for n, _ in named]))
-            if diagnosing
-            else None
-        ),
+        diagnoser=diagnoser,
         alerts=alerts,
         guard=guard,
     )
     if bptt_every is not None and any(isinstance(m, nn.RNNBase) for m in model.modules()):
-        monitor = BPTTMonitor(model, every=bptt_schedule, keys=keys, clock=lambda: tracker.step)
+        monitor = BPTTMonitor(
+            model,
+            every=bptt_schedule,
+            keys=keys,
+            clock=lambda: tracker.step,
+            on_summary=None if diagnoser is None else diagnoser.observe_recurrent,
+        )
         tracker.add_observer(monitor.attach())
         tracker.on_remove(monitor.remove)
+    if activations_every is not None:
+        activations = ActivationMonitor(
+            model, every=activations_schedule, keys=keys, clock=lambda: tracker.step
+        )
+        tracker.add_observer(activations.attach())
+        tracker.on_remove(activations.remove)
     if charts:
         tracker.add_observer(ChartObserver(keys=keys))
     _TRACKERS[model] = tracker

@@ -357,3 +357,23 @@ def test_end_to_end_with_watch() -> None:
         y = expected[step]
         sat = (y.abs() > 0.99).double().mean().item()
         _check(row, "1", {"saturated_frac": sat, **_direct(y)})
+
+
+def test_watch_logs_activation_health_when_asked() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink = gradwandb.MemorySink()
+    hidden = []
+    with gradwandb.watch(model, opt, sink=sink, activations_every=2):
+        for _ in range(3):
+            opt.zero_grad()
+            x = torch.randn(5, 3)
+            hidden.append(torch.tanh(model[0](x)).detach())
+            model(x).sum().backward()
+            opt.step()
+    rows = dict(sink.rows)
+    assert rows[0]["act/1/mean"] == pytest.approx(hidden[0].mean().item(), rel=1e-5)
+    assert rows[2]["act/1/mean"] == pytest.approx(hidden[2].mean().item(), rel=1e-5)
+    assert "act/1/saturated_frac" in rows[0] and "act/1/saturated_frac" in rows[2]
+    assert not any(k.startswith("act/") for k in rows[1])

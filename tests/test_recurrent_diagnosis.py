@@ -1,0 +1,324 @@
+"""Diagnosis through time: the rules on BPTT summaries, the timestep x step heatmap, and tiny
+real trainings diagnosed out of the box by ``gradwandb.watch``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+import gradwandb
+import gradwandb.recurrent as recurrent
+from gradwandb.diagnosis import Diagnoser, Finding, Thresholds
+from gradwandb.record import StepRecord
+from gradwandb.recurrent import HEATMAP, BPTTMonitor, RecurrentSummary
+from gradwandb.sinks import Image, MemorySink, Table, Value
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _param(module: nn.Module, name: str) -> torch.Tensor:
+    """A parameter of ``module`` by name, typed as a tensor."""
+    return module.get_parameter(name)
+
+
+def _record(step: int, global_norm: float = 1.0) -> StepRecord:
+    return StepRecord(step=step, names=[], norm=[], global_norm=global_norm)
+
+
+# -- the rules, on synthetic summaries ------------------------------------------------------
+
+SHORT = RecurrentSummary(step=0, seq_len=40, horizon=3, decay_rate=0.8, first_last_ratio=1e-9)
+HEALTHY_LSTM = RecurrentSummary(
+    step=0, seq_len=40, horizon=30, decay_rate=0.05, first_last_ratio=0.2, spectral_radius=1.1
+)
+GROWING = RecurrentSummary(
+    step=0, seq_len=8, horizon=0, decay_rate=-0.7, first_last_ratio=150.0, spectral_radius=2.0
+)
+BIG_RADIUS_DECAYING = RecurrentSummary(
+    step=0, seq_len=40, horizon=30, decay_rate=0.1, first_last_ratio=0.1, spectral_radius=2.0
+)
+GROWING_SMALL_RADIUS = RecurrentSummary(
+    step=0, seq_len=40, horizon=40, decay_rate=-0.1, first_last_ratio=50.0, spectral_radius=1.2
+)
+
+
+def _feed(
+    summary: RecurrentSummary,
+    reports: int,
+    module_type: str = "RNN",
+    global_norm: float = 1.0,
+    saturated: float | None = None,
+) -> list[tuple[int, list[Finding]]]:
+    """Feed one record and one report per step; the new findings of each report."""
+    d = Diagnoser()
+    out = []
+    for step in range(0, 10 * reports, 10):
+        d.update(_record(step, global_norm))
+        found = d.observe_recurrent(step, "encoder", module_type, summary, saturated=saturated)
+        out.append((step, found))
+    return out
+
+
+# (summary, module type, global norm, saturated, reports, expected: report index, kind, value)
+Expected = tuple[int, str, float] | None
+CASES: dict[str, tuple[RecurrentSummary, str, float, float | None, int, Expected]] = {
+    "short horizon sustained": (SHORT, "RNN", 1.0, None, 5, (2, "vanishing", 3 / 40)),
+    "short horizon, not yet sustained": (SHORT, "RNN", 1.0, None, 2, None),
+    "healthy lstm": (HEALTHY_LSTM, "LSTM", 1.0, None, 5, None),
+    "high radius and growth": (GROWING, "RNN", 1.0, None, 5, (0, "exploding", 2.0)),
+    "high radius, decaying, small norm": (BIG_RADIUS_DECAYING, "RNN", 1.0, None, 5, None),
+    "high radius, global norm over": (
+        BIG_RADIUS_DECAYING,
+        "RNN",
+        500.0,
+        None,
+        5,
+        (0, "exploding", 2.0),
+    ),
+    "growth with a small radius": (GROWING_SMALL_RADIUS, "RNN", 1.0, None, 5, None),
+    "saturated sustained": (HEALTHY_LSTM, "LSTM", 1.0, 0.8, 4, (2, "vanishing", 0.8)),
+    "saturated under the limit": (HEALTHY_LSTM, "LSTM", 1.0, 0.3, 4, None),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_rules_through_time(case: str) -> None:
+    summary, module_type, global_norm, saturated, reports, expected = CASES[case]
+    results = _feed(summary, reports, module_type, global_norm, saturated)
+    found = [(i, f) for i, (_, fs) in enumerate(results) for f in fs]
+    if expected is None:
+        assert found == []
+        return
+    index, kind, value = expected
+    assert len(found) == 1  # reported once, however long it lasts
+    at, finding = found[0]
+    assert at == index
+    assert (finding.kind, finding.layer, finding.severity) == (kind, "encoder", "error")
+    assert finding.value == pytest.approx(value)
+    assert finding.step == (0 if kind == "vanishing" else results[index][0])  # since when
+    assert "'encoder'" in finding.message and finding.fix.startswith("try: ")
+
+
+def test_fixes_name_the_remedies_of_the_module_type() -> None:
+    (_, rnn), *_ = [r for r in _feed(SHORT, 3, "RNN") if r[1]]
+    (_, lstm), *_ = [r for r in _feed(SHORT, 3, "LSTM") if r[1]]
+    (_, boom), *_ = [r for r in _feed(GROWING, 1, "RNN") if r[1]]
+    (_, sat), *_ = [r for r in _feed(HEALTHY_LSTM, 3, "LSTM", saturated=0.9) if r[1]]
+    assert "nn.LSTM or nn.GRU" in rnn[0].fix and "orthogonal" in rnn[0].fix
+    assert "forget-gate bias" in lstm[0].fix and "truncated BPTT" in lstm[0].fix
+    assert "clip" in boom[0].fix and "spectral" in boom[0].fix and "learning rate" in boom[0].fix
+    assert "saturated" in sat[0].message and "layer norm" in sat[0].fix
+
+
+def test_a_broken_streak_starts_again_and_modules_are_apart() -> None:
+    d = Diagnoser()
+    ok = RecurrentSummary(step=0, seq_len=40, horizon=40, decay_rate=0.0)
+    seen: list[Finding] = []
+    for step, summary in enumerate([SHORT, SHORT, ok, SHORT, SHORT]):
+        seen += d.observe_recurrent(step, "encoder", "RNN", summary)
+        seen += d.observe_recurrent(step, "decoder", "RNN", SHORT)
+    assert [(f.layer, f.step) for f in seen] == [("decoder", 0)]
+    seen += d.observe_recurrent(5, "encoder", "RNN", SHORT)
+    assert [(f.layer, f.step) for f in seen] == [("decoder", 0), ("encoder", 3)]
+    assert d.diagnosis().verdict == "vanishing"
+
+
+def test_findings_through_time_reach_the_next_update_once() -> None:
+    d = Diagnoser()
+    d.update(_record(0))
+    new = d.observe_recurrent(0, "encoder", "RNN", GROWING)
+    assert [f.kind for f in new] == ["exploding"]
+    assert d.diagnosis().verdict == "exploding"
+    assert d.update(_record(1)) == new  # handed on to a consumer that reads update() only
+    assert d.update(_record(2)) == []
+    d.observe_recurrent(2, "decoder", "RNN", GROWING)
+    assert [f.layer for f in d.flush()] == ["decoder"]
+    assert d.update(_record(3)) == [] and d.flush() == []
+
+
+def test_new_thresholds_are_checked() -> None:
+    t = Thresholds(horizon_frac=0.5, radius_limit=1.2, saturation=0.9)
+    assert (t.horizon_frac, t.radius_limit, t.saturation) == (0.5, 1.2, 0.9)
+    for bad in ({"horizon_frac": 1.5}, {"saturation": 2.0}, {"radius_limit": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Thresholds(**bad)  # type: ignore[arg-type]
+    d = Diagnoser(Thresholds(horizon_frac=0.05, sustain=1))
+    assert d.observe_recurrent(0, "encoder", "RNN", SHORT) == []  # 3/40 is over 0.05
+    with pytest.raises(ValueError, match="saturated"):
+        d.observe_recurrent(0, "encoder", "RNN", SHORT, saturated=1.5)
+    with pytest.raises(TypeError, match="module"):
+        d.observe_recurrent(0, None, "RNN", SHORT)  # type: ignore[arg-type]
+
+
+# -- the monitor: summaries, callback, heatmap ----------------------------------------------
+
+
+def _train_monitor(
+    monitor: BPTTMonitor, rnn: nn.RNNBase, lengths: list[int], seed: int = 0
+) -> list[dict[str, Value]]:
+    gen = torch.Generator().manual_seed(seed)
+    rows: list[dict[str, Value]] = []
+    for step, length in enumerate(lengths):
+        out, _ = rnn(torch.randn(2, length, 3, generator=gen))
+        out[:, -1].sum().backward()
+        rows.append(monitor(_record(step)) or {})
+    return rows
+
+
+def test_heatmap_data_equals_the_logged_curves() -> None:
+    torch.manual_seed(0)
+    rnn = nn.RNN(3, 6, batch_first=True)
+    monitor = BPTTMonitor(rnn, every=1, spectral_every=None, heatmap_every=3).attach()
+    rows = _train_monitor(monitor, rnn, [5, 7, 4, 6])
+    monitor.remove()
+    steps, grid = monitor.heatmap_data("rnn")
+    assert steps == [0, 1, 2, 3] and len(grid) == 7  # the longest sequence
+    for j, row in enumerate(rows):
+        table = row["bptt/rnn/curve"]
+        assert isinstance(table, Table)
+        curve = [float(r[1]) for r in table.rows]
+        column = [grid[t][j] for t in range(len(grid))]
+        assert column == [math.log10(x) for x in curve] + [None] * (7 - len(curve))
+    images = [step for step, row in enumerate(rows) if f"bptt/rnn/{HEATMAP}" in row]
+    assert images == [0, 3]
+    image = rows[3]["bptt/rnn/heatmap"]
+    assert isinstance(image, Image) and image.png[:4] == b"\x89PNG"
+    with pytest.raises(KeyError, match="'rnn'"):
+        monitor.heatmap_data("encoder")
+
+
+def test_heatmap_keeps_a_bounded_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(recurrent, "HEATMAP_COLUMNS", 3)
+    torch.manual_seed(0)
+    rnn = nn.GRU(3, 4)
+    monitor = BPTTMonitor(rnn, every=1, spectral_every=None, heatmap_every=None).attach()
+    rows = _train_monitor(monitor, rnn, [4, 4, 4, 4, 4])
+    monitor.remove()
+    steps, grid = monitor.heatmap_data("gru")
+    assert steps == [2, 3, 4] and all(len(r) == 3 for r in grid)
+    assert not any(k.endswith("/heatmap") for row in rows for k in row)
+
+
+def test_summaries_reach_the_callback_with_the_latest_spectral_radius() -> None:
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 5, batch_first=True)
+    calls: list[tuple[int, str, str, RecurrentSummary]] = []
+    monitor = BPTTMonitor(
+        lstm,
+        every=1,
+        spectral_every=2,
+        heatmap_every=None,
+        on_summary=lambda *args: calls.append(args),
+    ).attach()
+    rows = _train_monitor(monitor, lstm, [6, 6, 6])
+    monitor.remove()
+    assert [(c[0], c[1], c[2]) for c in calls] == [(s, "lstm", "LSTM") for s in range(3)]
+    for (_, _, _, summary), row in zip(calls, rows, strict=True):
+        assert summary.seq_len == row["bptt/lstm/seq_len"]
+        assert summary.horizon == row["bptt/lstm/horizon"]
+        assert summary.decay_rate == row["bptt/lstm/decay_rate"]
+        assert summary.first_last_ratio == row["bptt/lstm/first_last_ratio"]
+    radii = [v for k, v in rows[0].items() if k.endswith("/spectral_radius")]
+    assert calls[0][3].spectral_radius == max(radii)  # type: ignore[type-var]
+    assert calls[1][3].spectral_radius == calls[0][3].spectral_radius  # kept until the next
+    assert calls[2][3].spectral_radius is not None
+    assert monitor.summaries == {"lstm": calls[2][3]}
+
+
+def test_a_failing_callback_warns_once_and_monitoring_goes_on() -> None:
+    torch.manual_seed(0)
+    rnn = nn.RNN(3, 4)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monitor = BPTTMonitor(rnn, every=1, spectral_every=None, on_summary=broken).attach()
+    with pytest.warns(RuntimeWarning, match="on_summary failed.*boom") as caught:
+        rows = _train_monitor(monitor, rnn, [4, 4])
+    monitor.remove()
+    assert len(caught) == 1
+    assert all("bptt/rnn/horizon" in row for row in rows)
+    with pytest.raises(TypeError, match="on_summary"):
+        BPTTMonitor(rnn, on_summary=3)  # type: ignore[arg-type]
+
+
+# -- tiny real trainings, diagnosed by gradwandb.watch --------------------------------------
+
+
+class Encoder(nn.Module):
+    def __init__(self, rnn: nn.RNNBase) -> None:
+        super().__init__()
+        self.encoder = rnn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.encoder(x)
+        last: torch.Tensor = out[:, -1, :1]
+        return last
+
+
+def _train(
+    model: Encoder, length: int, steps: int = 5, seed: int = 1
+) -> tuple[MemorySink, list[Finding]]:
+    """Remember the first input of a long sequence (a loss on the last output only)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sink = MemorySink()
+    gen = torch.Generator().manual_seed(seed)
+    with gradwandb.watch(model, opt, sink=sink, bptt_every=1) as tracker:
+        for _ in range(steps):
+            x = torch.randn(8, length, 4, generator=gen)
+            loss = (model(x) - x[:, 0, :1]).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        findings = tracker.diagnosis().findings
+    return sink, [f for f in findings if f.layer == "encoder"]  # the findings through time
+
+
+def test_vanilla_rnn_with_small_recurrent_weights_vanishes_through_time() -> None:
+    torch.manual_seed(0)
+    rnn = nn.RNN(4, 16, batch_first=True)
+    with torch.no_grad():
+        _param(rnn, "weight_hh_l0").mul_(0.3)
+    sink, [finding] = _train(Encoder(rnn), length=30)
+    assert (finding.kind, finding.step) == ("vanishing", 0)
+    assert finding.value < 0.25 and "nn.LSTM or nn.GRU" in finding.fix
+    assert any("'encoder'" in a.text for a in sink.alerts)  # the tracker's alerts got it
+    assert any("'encoder'" in line for line in sink.summaries["gradwandb/findings"])
+
+
+def test_lstm_with_forget_bias_one_keeps_its_horizon() -> None:
+    torch.manual_seed(0)
+    lstm = nn.LSTM(4, 16, batch_first=True)
+    with torch.no_grad():
+        _param(lstm, "bias_ih_l0")[16:32] = 1.0
+        _param(lstm, "bias_hh_l0")[16:32] = 0.0
+    sink, found = _train(Encoder(lstm), length=30)
+    assert found == []
+    horizons = [row["bptt/encoder/horizon"] for _, row in sink.rows]
+    assert all(isinstance(h, int) and h >= 8 for h in horizons)
+
+
+def test_rnn_with_twice_orthogonal_recurrence_explodes_through_time() -> None:
+    torch.manual_seed(0)
+    rnn = nn.RNN(4, 16, batch_first=True)
+    with torch.no_grad():
+        nn.init.orthogonal_(_param(rnn, "weight_hh_l0"))
+        _param(rnn, "weight_hh_l0").mul_(2.0)
+        _param(rnn, "weight_ih_l0").mul_(0.01)  # small inputs: tanh stays linear, growth shows
+        _param(rnn, "bias_ih_l0").zero_()
+        _param(rnn, "bias_hh_l0").zero_()
+    _, found = _train(Encoder(rnn), length=8, steps=2)
+    exploding = [f for f in found if f.kind == "exploding"]
+    assert len(exploding) == 1
+    assert exploding[0].value == pytest.approx(2.0, rel=1e-3)
+    assert "spectral radius 2" in exploding[0].message
