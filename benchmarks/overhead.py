@@ -15,7 +15,9 @@ are in every variant, bare included, so they cancel out). The variants:
 - ``wandb.watch``: ``run.watch(model, log="gradients", log_freq=1)``, W&B's own gradient
   histograms at every step (removed with ``run.unwatch(model)`` after each block).
 - ``gradwandb``: ``gradwandb.watch(model, opt, run=run)`` with its defaults.
-- ``gradwandb+hist``: the same with ``hist_every=1`` (histograms, weight norms and update
+- ``gradwandb-bptt``: the default without the per-timestep (BPTT) monitor of recurrent
+  modules (``bptt_every=None``), to show what BPTT every 10 steps adds on the seq2seq model.
+- ``gradwandb+hist``: the default with ``hist_every=1`` (histograms, weight norms and update
   ratios at every step).
 - ``floor``: after backward, one fused norm pass over all gradients and one host transfer,
   ``torch.stack(torch._foreach_norm(grads)).tolist()``: what any per-layer statistic logged
@@ -69,7 +71,13 @@ from torch import Tensor, nn
 import gradwandb
 from gradwandb.models import Seq2Seq, deep_mlp, reverse_batch, seq2seq_loss
 
-VARIANTS = ("bare", "wandb.watch", "gradwandb", "gradwandb+hist", "floor")
+VARIANTS = ("bare", "wandb.watch", "gradwandb", "gradwandb-bptt", "gradwandb+hist", "floor")
+# keyword arguments of gradwandb.watch per gradwandb variant ("gradwandb" is the default)
+WATCH_KWARGS: dict[str, dict[str, Any]] = {
+    "gradwandb": {},
+    "gradwandb-bptt": {"bptt_every": None},
+    "gradwandb+hist": {"hist_every": 1},
+}
 MODELS = ("seq2seq", "mlp")  # the keys of TASKS
 SETTLE_STEPS = 1  # untimed steps after attaching, before each timed block
 BATCH_POOL = 4  # distinct batches, cycled
@@ -224,9 +232,8 @@ def attach(arm: Arm, run: Any) -> Detach:
         # idx=0: the same keys at every re-watch, as a run that watches once would have.
         run.watch(arm.model, log="gradients", log_freq=1, idx=0)
         return lambda: run.unwatch(arm.model)
-    if arm.variant in ("gradwandb", "gradwandb+hist"):
-        kwargs: dict[str, Any] = {"hist_every": 1} if arm.variant == "gradwandb+hist" else {}
-        tracker = gradwandb.watch(arm.model, arm.optimizer, run=run, **kwargs)
+    if arm.variant in WATCH_KWARGS:
+        tracker = gradwandb.watch(arm.model, arm.optimizer, run=run, **WATCH_KWARGS[arm.variant])
         return tracker.remove
     return lambda: None
 
