@@ -79,7 +79,7 @@ WATCH_KWARGS: dict[str, dict[str, Any]] = {
     "gradwandb+hist": {"hist_every": 1},
 }
 MODELS = ("seq2seq", "mlp")  # the keys of TASKS
-SETTLE_STEPS = 1  # untimed steps after attaching, before each timed block
+SETTLE_STEPS = 3  # untimed steps after attaching (one-off costs a run pays once), per block
 BATCH_POOL = 4  # distinct batches, cycled
 SYNC_CHECK_STEPS = 30
 SYNC_CHECK_LOG_EVERY = 10

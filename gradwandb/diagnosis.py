@@ -822,7 +822,9 @@ class Diagnoser:
             self._flow.miss()
             return
         early, late = measure[first], measure[last]
-        if early <= _FLOOR and late <= _FLOOR:  # nothing flows at either end: no ratio
+        # an exactly-zero end is a dead layer (the dead rule's case), not a weak flow;
+        # nothing flowing at either end gives no ratio
+        if early == 0.0 or (early <= _FLOOR and late <= _FLOOR):
             self._flow.miss()
             return
         ratio = math.log10(max(late, _FLOOR) / max(early, _FLOOR))

@@ -730,7 +730,7 @@ class BPTTMonitor:
             for tap, summary in reports:
                 self._summaries[tap.name] = summary
                 self._notify(tap, summary)
-        if self._heatmap_at(step):
+        if step > 0 and self._heatmap_at(step):  # at step 0 a heatmap is one column: wait
             row.update(self._heatmaps())
         return row
 

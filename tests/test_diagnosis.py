@@ -572,13 +572,6 @@ NO_LIMITS = {"explode_norm": 1e5, "explode_global": 1e6}
             5.0,
             id="mean-abs-when-present",
         ),
-        pytest.param(
-            repeat(3, {"0.weight": 0.0, "2.weight": 1.0}),
-            {},
-            [("dead", "0.weight", 0), ("flow", "0.weight", 0)],
-            30.0,
-            id="earliest-exactly-zero",
-        ),
     ],
 )
 def test_flow(
@@ -870,3 +863,24 @@ def test_health_is_empty_before_the_first_record_and_a_copy_after() -> None:
     diagnoser.health()["health/exploding"] = 0.0
     assert diagnoser.health()["health/exploding"] == 1.0
     assert diagnoser.health()["health/growth"] == 0.0  # window not full yet
+
+
+def test_a_dead_first_layer_is_dead_not_a_flow_problem() -> None:
+    from gradwandb.diagnosis import Diagnoser
+    from gradwandb.record import StepRecord
+
+    diagnoser = Diagnoser()
+    for step in range(6):
+        diagnoser.update(
+            StepRecord(
+                step=step,
+                names=["0.weight", "1.weight", "2.weight"],
+                norm=[0.0, 0.5, 1.0],
+                mean_abs=[0.0, 0.01, 0.02],
+                max_abs=[0.0, 0.1, 0.2],
+                global_norm=1.1,
+            )
+        )
+    kinds = {(f.kind, f.layer) for f in diagnoser.diagnosis().findings}
+    assert ("dead", "0.weight") in kinds
+    assert not any(kind == "flow" for kind, _ in kinds)
