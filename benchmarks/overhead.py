@@ -15,8 +15,8 @@ are in every variant, bare included, so they cancel out). The variants:
 - ``wandb.watch``: ``run.watch(model, log="gradients", log_freq=1)``, W&B's own gradient
   histograms at every step (removed with ``run.unwatch(model)`` after each block).
 - ``gradwandb``: ``gradwandb.watch(model, opt, run=run)`` with its defaults.
-- ``gradwandb-bptt``: the default without the per-timestep (BPTT) monitor of recurrent
-  modules (``bptt_every=None``), to show what BPTT every 10 steps adds on the seq2seq model.
+- ``gradwandb+bptt``: the default plus the per-timestep (BPTT) monitor of recurrent modules
+  every 10 steps (``bptt_every=10``); the same as the default on a model without one.
 - ``gradwandb+hist``: the default with ``hist_every=1`` (histograms, weight norms and update
   ratios at every step).
 - ``floor``: after backward, one fused norm pass over all gradients and one host transfer,
@@ -28,8 +28,9 @@ with its own Adam, on the same small pool of pre-generated batches, so all varia
 same trajectory (they are at the same training step in the same round). All runs are offline
 in one W&B run per model, in a temporary directory. Each variant is warmed up with its hooks
 attached. Then, for ``--rounds`` rounds, in an order that rotates every round, each variant
-attaches its hooks, takes one untimed settling step (a fresh gradwandb tracker logs its
-parameter table and a histogram at its step 0; a real run pays that once), times a block of
+attaches its hooks, takes three untimed settling steps (a fresh gradwandb tracker logs its
+parameter table, a histogram and its first BPTT and spectral estimates at its step 0; a real
+run pays that once), times a block of
 ``--steps`` steps with ``time.perf_counter`` (with ``torch.cuda.synchronize()`` at both ends
 on a GPU), and detaches. A variant's time is the median over rounds of block time / steps.
 
@@ -71,11 +72,11 @@ from torch import Tensor, nn
 import gradwandb
 from gradwandb.models import Seq2Seq, deep_mlp, reverse_batch, seq2seq_loss
 
-VARIANTS = ("bare", "wandb.watch", "gradwandb", "gradwandb-bptt", "gradwandb+hist", "floor")
+VARIANTS = ("bare", "wandb.watch", "gradwandb", "gradwandb+bptt", "gradwandb+hist", "floor")
 # keyword arguments of gradwandb.watch per gradwandb variant ("gradwandb" is the default)
 WATCH_KWARGS: dict[str, dict[str, Any]] = {
     "gradwandb": {},
-    "gradwandb-bptt": {"bptt_every": None},
+    "gradwandb+bptt": {"bptt_every": 10},
     "gradwandb+hist": {"hist_every": 1},
 }
 MODELS = ("seq2seq", "mlp")  # the keys of TASKS
@@ -303,7 +304,7 @@ def ratio(num: float, den: float) -> float | None:
 def amortised_default(default_ms: float, hist_ms: float, steps: int) -> float:
     """gradwandb's default with its histogram steps (1 in HIST_EVERY_DEFAULT) counted in.
 
-    The timed steps of a block are steps 1..steps of a fresh tracker, which hold
+    The timed steps of a block are the steps after the settling ones, which hold
     ``steps // HIST_EVERY_DEFAULT`` histogram steps; with ``extra`` the cost a histogram step
     adds, ``default_ms = base + extra * k / steps`` and ``hist_ms = base + extra``.
     """

@@ -101,7 +101,7 @@ def run_demo(
     url = None if offline else run.url
     loss_value = float("nan")
     try:
-        with gradwandb.watch(model, optimizer, run=run, clip=clip):
+        with gradwandb.watch(model, optimizer, run=run, clip=clip, bptt_every=10):
             bar = tqdm(
                 range(steps), desc=f"gradwandb demo ({cell})", unit="step", disable=not progress
             )

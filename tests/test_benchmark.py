@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "overhead.py"
 MODELS = ("seq2seq", "mlp")
-VARIANTS = ("bare", "wandb.watch", "gradwandb", "gradwandb-bptt", "gradwandb+hist", "floor")
+VARIANTS = ("bare", "wandb.watch", "gradwandb", "gradwandb+bptt", "gradwandb+hist", "floor")
 
 
 def test_quick_benchmark_reports_every_variant(tmp_path: Path) -> None:
