@@ -60,12 +60,12 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
-from torch.utils.hooks import RemovableHandle
 
 from gradwandb import statistics as S
 from gradwandb.keys import Keys
+from gradwandb.monitoring import ModuleMonitor
 from gradwandb.record import StepRecord
-from gradwandb.schedules import ScheduleLike, as_schedule
+from gradwandb.schedules import ScheduleLike
 from gradwandb.sinks import Value
 
 __all__ = [
@@ -202,7 +202,7 @@ class _Tap:
         return out
 
 
-class ActivationMonitor:
+class ActivationMonitor(ModuleMonitor):
     """Saturated, dead and zero fractions and the mean and std of a model's activations.
 
     Args:
@@ -255,25 +255,11 @@ class ActivationMonitor:
         self.model = model
         self.keys = keys
         self.saturation = float(saturation)
-        self._every = as_schedule("every", every)
-        self._clock = clock
-        self._next = 0  # step of the next forward, as the records tell (without a clock)
+        self._start_clock(every, clock)
         self._taps = [
             _Tap(path, path or type(model).__name__.lower(), m, kind)
             for path, m, kind in _find(model, modules)
         ]
-        self._handles: list[RemovableHandle] = []
-        self._failed = False
-
-    @property
-    def modules(self) -> list[str]:
-        """The paths of the watched modules, in model order."""
-        return [t.path for t in self._taps]
-
-    @property
-    def attached(self) -> bool:
-        """True between :meth:`attach` and :meth:`remove`."""
-        return bool(self._handles)
 
     def attach(self) -> ActivationMonitor:
         """Hook the modules (again after :meth:`remove`; a second call does nothing)."""
@@ -281,32 +267,7 @@ class ActivationMonitor:
             self._handles = [t.module.register_forward_hook(self._hook(t)) for t in self._taps]
         return self
 
-    def remove(self) -> None:
-        """Take every hook out and drop captured data."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        for tap in self._taps:
-            tap.reset(None)
-
-    def __enter__(self) -> ActivationMonitor:
-        return self.attach()
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
-    def __repr__(self) -> str:
-        state = "attached" if self.attached else "detached"
-        return f"<gradwandb.ActivationMonitor {self.modules} {state}>"
-
     # -- the forward hook ---------------------------------------------------------------------
-
-    def _monitored_step(self) -> int | None:
-        """The step this forward belongs to, if it is monitored; else None. Cheap."""
-        if self._failed or not torch.is_grad_enabled():
-            return None
-        step = self._clock() if self._clock is not None else self._next
-        return step if self._every(step) else None
 
     def _hook(self, tap: _Tap) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
         def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:

@@ -90,6 +90,7 @@ from gradwandb.keys import (
     bptt_key,
     rnn_key,
 )
+from gradwandb.monitoring import ModuleMonitor
 from gradwandb.record import StepRecord
 from gradwandb.schedules import ScheduleLike, as_schedule
 from gradwandb.sinks import Image, Table, Value
@@ -292,7 +293,7 @@ class _Tap:
 # -- the monitor ----------------------------------------------------------------------------
 
 
-class BPTTMonitor:
+class BPTTMonitor(ModuleMonitor):
     """Per-timestep gradients and recurrent weight health of a model's RNN/LSTM/GRU modules.
 
     Args:
@@ -378,24 +379,15 @@ class BPTTMonitor:
         self.model = model
         self.keys = keys
         self.horizon_factor = float(horizon_factor)
-        self._every = as_schedule("every", every)
+        self._start_clock(every, clock)
         self._spectral_at = as_schedule("spectral_every", spectral_every)
         self._heatmap_at = as_schedule("heatmap_every", heatmap_every)
-        self._clock = clock
         self._on_summary = on_summary
         self._summaries: dict[str, RecurrentSummary] = {}
-        self._next = 0  # step of the next forward, as the records tell (without a clock)
         self._taps = [
             _Tap(path, _key_name(path, m), m, GATES.get(type(m).__name__, ()))
             for path, m in _find(model, modules)
         ]
-        self._handles: list[RemovableHandle] = []
-        self._failed = False
-
-    @property
-    def modules(self) -> list[str]:
-        """The paths of the watched modules, in model order."""
-        return [t.path for t in self._taps]
 
     @property
     def summaries(self) -> dict[str, RecurrentSummary]:
@@ -419,11 +411,6 @@ class BPTTMonitor:
         ]
         return steps, grid
 
-    @property
-    def attached(self) -> bool:
-        """True between :meth:`attach` and :meth:`remove`."""
-        return bool(self._handles)
-
     def attach(self) -> BPTTMonitor:
         """Hook the modules (again after :meth:`remove`; a second call does nothing)."""
         if not self._handles:
@@ -434,32 +421,7 @@ class BPTTMonitor:
                 self._handles += [pre, post]
         return self
 
-    def remove(self) -> None:
-        """Take every hook out (module and tensor hooks) and drop captured data."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        for tap in self._taps:
-            tap.reset(None)
-
-    def __enter__(self) -> BPTTMonitor:
-        return self.attach()
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
-    def __repr__(self) -> str:
-        state = "attached" if self.attached else "detached"
-        return f"<gradwandb.BPTTMonitor {self.modules} {state}>"
-
     # -- hooks (forward and backward of the user's model) ---------------------------------
-
-    def _monitored_step(self) -> int | None:
-        """The step this forward belongs to, if it is monitored; else None. Cheap."""
-        if self._failed or not torch.is_grad_enabled():
-            return None
-        step = self._clock() if self._clock is not None else self._next
-        return step if self._every(step) else None
 
     def _pre_hook(self, tap: _Tap) -> Callable[..., Any]:
         def hook(
