@@ -31,6 +31,8 @@ class DemoResult:
     params: int  # parameters in the model
     offline: bool  # True when the run was only written locally
     url: str | None = None  # the run's page, for an online run
+    verdict: str = "healthy"  # gradwandb's diagnosis of the run
+    findings: tuple[str, ...] = ()  # what it found, each with the fix to try
 
 
 def use_offline_by_default(online: bool = False) -> None:
@@ -101,7 +103,7 @@ def run_demo(
     url = None if offline else run.url
     loss_value = float("nan")
     try:
-        with gradwandb.watch(model, optimizer, run=run, clip=clip, bptt_every=10):
+        with gradwandb.watch(model, optimizer, run=run, clip=clip, bptt_every=10) as tracker:
             bar = tqdm(
                 range(steps), desc=f"gradwandb demo ({cell})", unit="step", disable=not progress
             )
@@ -113,6 +115,7 @@ def run_demo(
                 loss_value = loss.item()
                 run.log({"loss": loss_value})
                 bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+            report = tracker.diagnosis()
     finally:
         run.finish()
 
@@ -123,6 +126,8 @@ def run_demo(
         params=sum(p.numel() for p in model.parameters()),
         offline=offline,
         url=url,
+        verdict=report.verdict,
+        findings=tuple(f"step {f.step}, {f.message}; try: {f.fix}" for f in report.findings),
     )
     print(describe(result))
     return result
@@ -133,6 +138,8 @@ def describe(result: DemoResult) -> str:
     d = result.run_dir
     lines = [
         f"gradwandb demo: {result.steps} steps, final loss {result.final_loss:.4f}",
+        f"diagnosis: {result.verdict}",
+        *(f"  - {finding}" for finding in result.findings),
         f"run directory: {d}",
     ]
     if result.url:

@@ -55,6 +55,8 @@ def test_demo_exits_zero_and_says_where_the_run_is(demo: Demo) -> None:
     assert str(demo.run_dir) in demo.out
     assert f"wandb sync {demo.run_dir}" in demo.out
     assert f"wandb leet {demo.run_dir}" in demo.out
+    verdict = demo.log.summary["gradwandb/verdict"]
+    assert f"diagnosis: {verdict}" in demo.out  # the printed verdict is the run's
 
 
 def test_one_row_per_optimizer_step_with_loss_and_global_norm(demo: Demo) -> None:
