@@ -256,6 +256,7 @@ class ActivationMonitor(ModuleMonitor):
         self.keys = keys
         self.saturation = float(saturation)
         self._start_clock(every, clock)
+        self._latest: dict[str, Value] = {}  # the last reported row
         self._taps = [
             _Tap(path, path or type(model).__name__.lower(), m, kind)
             for path, m, kind in _find(model, modules)
@@ -305,6 +306,15 @@ class ActivationMonitor(ModuleMonitor):
 
     # -- the observer -------------------------------------------------------------------------
 
+    def latest(self, module: str, stat: str) -> float | None:
+        """The value of ``stat`` for ``module`` at the last step reported, if it had one.
+
+        >>> ActivationMonitor(torch.nn.Tanh()).latest("tanh", SATURATED_FRAC) is None
+        True
+        """
+        value = self._latest.get(act_key(self.keys, module, stat))
+        return float(value) if isinstance(value, (int, float)) else None
+
     def __call__(self, record: StepRecord) -> dict[str, Value] | None:
         """The ``act/...`` keys of step ``record.step``, or None; one transfer to the host."""
         step = record.step
@@ -323,6 +333,7 @@ class ActivationMonitor(ModuleMonitor):
         for i, tap in enumerate(ready):
             row.update(tap.row(self.keys, host[str(i)]))
             tap.reset(None)
+        self._latest = dict(row)
         return row
 
 

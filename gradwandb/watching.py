@@ -16,18 +16,18 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from gradwandb.activations import ActivationMonitor
+from gradwandb.activations import SATURATED_FRAC, ActivationMonitor
 from gradwandb.charts import ChartObserver
 from gradwandb.clipping import ClipPolicy, as_policy
 from gradwandb.diagnosis import Diagnoser, Thresholds
 from gradwandb.keys import Keys
-from gradwandb.recurrent import BPTTMonitor
+from gradwandb.recurrent import BPTTMonitor, RecurrentSummary
 from gradwandb.schedules import ScheduleLike, as_schedule
 from gradwandb.selection import ParamFilter, check_optimizer, parameter_info, select_parameters
 from gradwandb.sinks import Sink
@@ -157,26 +157,45 @@ def watch(
         alerts=alerts,
         guard=guard,
     )
+    activations: ActivationMonitor | None = None
+    if activations_every is not None:  # before BPTT: its saturation feeds the rules in time
+        activations = ActivationMonitor(
+            model, every=activations_schedule, keys=keys, clock=lambda: tracker.step
+        )
+        tracker.add_observer(activations.attach())
+        tracker.on_remove(activations.remove)
     if bptt_every is not None and any(isinstance(m, nn.RNNBase) for m in model.modules()):
         monitor = BPTTMonitor(
             model,
             every=bptt_schedule,
             keys=keys,
             clock=lambda: tracker.step,
-            on_summary=None if diagnoser is None else diagnoser.observe_recurrent,
+            on_summary=_recurrent_rules(diagnoser, activations),
         )
         tracker.add_observer(monitor.attach())
         tracker.on_remove(monitor.remove)
-    if activations_every is not None:
-        activations = ActivationMonitor(
-            model, every=activations_schedule, keys=keys, clock=lambda: tracker.step
-        )
-        tracker.add_observer(activations.attach())
-        tracker.on_remove(activations.remove)
     if charts:
         tracker.add_observer(ChartObserver(keys=keys))
     _TRACKERS[model] = tracker
     return tracker
+
+
+def _recurrent_rules(
+    diagnoser: Diagnoser | None, activations: ActivationMonitor | None
+) -> Callable[[int, str, str, RecurrentSummary], object] | None:
+    """The BPTT monitor's ``on_summary``: the diagnosis rules through time, with the module's
+    latest saturated fraction when activation health is on."""
+    if diagnoser is None:
+        return None
+    if activations is None:
+        return diagnoser.observe_recurrent
+    watcher = activations
+
+    def observe(step: int, module: str, module_type: str, summary: RecurrentSummary) -> object:
+        saturated = watcher.latest(module, SATURATED_FRAC)
+        return diagnoser.observe_recurrent(step, module, module_type, summary, saturated=saturated)
+
+    return observe
 
 
 def _layer_types(model: nn.Module, names: Sequence[str]) -> Mapping[str, str]:

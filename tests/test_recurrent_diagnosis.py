@@ -322,3 +322,44 @@ def test_rnn_with_twice_orthogonal_recurrence_explodes_through_time() -> None:
     assert len(exploding) == 1
     assert exploding[0].value == pytest.approx(2.0, rel=1e-3)
     assert "spectral radius 2" in exploding[0].message
+
+
+def test_saturated_recurrent_outputs_are_diagnosed_when_activation_health_is_on() -> None:
+    torch.manual_seed(0)
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = nn.RNN(4, 16, batch_first=True)
+            self.head = nn.Linear(16, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out, _ = self.encoder(x)
+            return self.head(out[:, -1])
+
+    model = Tagger()
+    with torch.no_grad():
+        model.encoder.weight_ih_l0.mul_(30.0)  # pre-activations far out: tanh pinned at +-1
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sink = MemorySink()
+    gen = torch.Generator().manual_seed(1)
+    # a tiny horizon_frac keeps the horizon rule quiet, so the saturation rule is the one heard
+    quiet_horizon = Thresholds(horizon_frac=1e-9)
+    with gradwandb.watch(
+        model,
+        opt,
+        sink=sink,
+        bptt_every=1,
+        activations_every=1,
+        layers_every=None,
+        diagnose=quiet_horizon,
+    ) as tracker:
+        for _ in range(5):
+            opt.zero_grad()
+            model(torch.randn(8, 12, 4, generator=gen)).pow(2).mean().backward()
+            opt.step()
+        report = tracker.diagnosis()
+    saturated = [r["act/encoder/saturated_frac"] for _, r in sink.rows]
+    assert min(saturated) > 0.5  # type: ignore[type-var]
+    found = [f for f in report.findings if f.layer == "encoder" and "saturat" in f.message]
+    assert found and found[0].kind == "vanishing"
