@@ -244,7 +244,7 @@ class _Tap:
 
     path: str
     name: str  # in keys
-    module: nn.RNNBase
+    module: nn.Module  # an nn.RNN/LSTM/GRU, or a sequence module named in ``modules``
     gates: tuple[str, ...]
     step: int | None = None
     inputs: _Curve = field(default_factory=_Curve)
@@ -258,7 +258,7 @@ class _Tap:
 
     @property
     def directions(self) -> int:
-        return 2 if self.module.bidirectional else 1
+        return 2 if getattr(self.module, "bidirectional", False) else 1
 
     def reset(self, step: int | None) -> None:
         for handle in self.tensor_hooks:
@@ -275,6 +275,7 @@ class _Tap:
         the square map is ``weight_hr @ block`` (h_{t-1} to the next projected state).
         """
         m = self.module
+        assert isinstance(m, nn.RNNBase)
         blocks = max(len(self.gates), 1)
         names: list[tuple[str, str | None]] = []
         mats = []
@@ -304,7 +305,9 @@ class BPTTMonitor(ModuleMonitor):
         horizon_factor: the fraction of the peak norm that ``horizon`` counts down to, in (0, 1).
         spectral_every: log the recurrent weights' spectral radius and sigma_max on these steps
             (same forms as ``every``).
-        modules: only these module paths (from ``named_modules()``, e.g. ``["encoder"]``).
+        modules: only these module paths (from ``named_modules()``, e.g. ``["encoder"]``); a
+            named module that is not recurrent is watched as a [batch, time, features] sequence
+            module (opt-in): per-timestep norms, no recurrent weight health.
         keys: the tracker's :class:`~gradwandb.keys.Keys`, so a tagged tracker gets tagged keys.
         clock: returns the index of the optimizer step the next forward belongs to, e.g.
             ``lambda: tracker.step``; without it the monitor follows the records it is given.
@@ -450,7 +453,8 @@ class BPTTMonitor(ModuleMonitor):
             tap.reset(step)  # data of an earlier step that was never reported: dropped
         x = args[0] if args else kwargs.get("input")
         y = out[0] if isinstance(out, tuple) else out
-        first = bool(tap.module.batch_first)
+        # nn.RNN/LSTM/GRU say; any other sequence module is taken as [batch, time, features]
+        first = bool(getattr(tap.module, "batch_first", True))
         for seq, curve, dirs in ((x, tap.inputs, 1), (y, tap.outputs, tap.directions)):
             layout = _layout(seq, first)
             if layout is None:
@@ -528,6 +532,8 @@ class BPTTMonitor(ModuleMonitor):
         spectral: list[tuple[_Tap, list[tuple[str, str | None]]]] = []
         if self._spectral_at(step):
             for j, tap in enumerate(self._taps):
+                if not isinstance(tap.module, RECURRENT):
+                    continue  # another sequence module: no recurrent weights to look at
                 names, mats = tap.weights()
                 tap.spectrum = tap.spectrum or PowerIteration()
                 device[f"spec{j}"] = tap.spectrum.advance(mats)
@@ -640,8 +646,8 @@ def _timestep_heatmap(name: str, steps: list[int], grid: list[list[float | None]
     return _png(fig)
 
 
-def _find(model: nn.Module, paths: Sequence[str] | None) -> list[tuple[str, nn.RNNBase]]:
-    found: list[tuple[str, nn.RNNBase]] = [
+def _find(model: nn.Module, paths: Sequence[str] | None) -> list[tuple[str, nn.Module]]:
+    found: list[tuple[str, nn.Module]] = [
         (p, m) for p, m in model.named_modules() if isinstance(m, RECURRENT)
     ]
     if paths is None:
@@ -658,20 +664,15 @@ def _find(model: nn.Module, paths: Sequence[str] | None) -> list[tuple[str, nn.R
         raise ValueError("modules is empty: pass None to watch every recurrent module")
     every_module = dict(model.named_modules())
     recurrent = [p or "''" for p, _ in found]
-    chosen: list[tuple[str, nn.RNNBase]] = []
+    chosen: list[tuple[str, nn.Module]] = []
     for path in paths:
         if path not in every_module:
             raise ValueError(
                 f"module path {path!r} is not in {type(model).__name__}; its recurrent modules "
                 f"are {recurrent}"
             )
-        module = every_module[path]
-        if not isinstance(module, RECURRENT):
-            raise ValueError(
-                f"module {path!r} is a {type(module).__name__}, not an nn.RNN, nn.LSTM or "
-                f"nn.GRU; the recurrent modules of {type(model).__name__} are {recurrent}"
-            )
-        chosen.append((path, module))
+        # opt-in: a named module that is not recurrent is watched as a sequence module
+        chosen.append((path, every_module[path]))
     return chosen
 
 

@@ -62,6 +62,7 @@ def watch(
     alerts: bool = True,
     guard: bool | int = False,
     bptt_every: ScheduleLike | None = None,
+    bptt_modules: Sequence[str] | None = None,
     charts: bool = False,
     activations_every: ScheduleLike | None = None,
 ) -> Tracker:
@@ -100,6 +101,8 @@ def watch(
             (``bptt/<module>/heatmap``) every 500; with ``diagnose`` the summaries feed the
             rules through time (vanishing and exploding per recurrent module). None
             (default): off; 10 costs about 5% of a step on the seq2seq benchmark.
+        bptt_modules: watch only these module paths through time; naming a module that is
+            not recurrent (any module over [batch, time, features]) watches it too.
         activations_every: log activation health (``act/...``: saturated, dead and zero
             fractions, mean and std of every nn.Tanh, nn.Sigmoid, nn.ReLU, nn.LeakyReLU,
             nn.GELU and recurrent output) every this many steps; None (default): off.
@@ -164,10 +167,12 @@ def watch(
         )
         tracker.add_observer(activations.attach())
         tracker.on_remove(activations.remove)
-    if bptt_every is not None and any(isinstance(m, nn.RNNBase) for m in model.modules()):
+    has_rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
+    if bptt_every is not None and (has_rnn or bptt_modules is not None):
         monitor = BPTTMonitor(
             model,
             every=bptt_schedule,
+            modules=bptt_modules,
             keys=keys,
             clock=lambda: tracker.step,
             on_summary=_recurrent_rules(diagnoser, activations),
