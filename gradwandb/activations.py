@@ -236,11 +236,7 @@ class ActivationMonitor(ModuleMonitor):
         keys: Keys = Keys(),  # noqa: B008  (frozen, immutable)
         clock: Callable[[], int] | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                "ActivationMonitor needs the model (an nn.Module), "
-                f"got {model!r} ({type(model).__name__})"
-            )
+        self._check_model(model)
         if isinstance(saturation, bool) or not isinstance(saturation, (int, float)):
             raise TypeError(f"saturation must be a number in (0.5, 1), got {saturation!r}")
         if not 0.5 < saturation < 1.0:

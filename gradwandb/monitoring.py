@@ -24,6 +24,14 @@ class ModuleMonitor:
 
     _taps: Sequence[Any]
 
+    def _check_model(self, model: object) -> None:
+        """Raise, naming the monitor, unless ``model`` is an nn.Module."""
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(
+                f"{type(self).__name__} needs the model (an nn.Module), "
+                f"got {model!r} ({type(model).__name__})"
+            )
+
     def _start_clock(self, every: ScheduleLike | None, clock: Callable[[], int] | None) -> None:
         self._every = as_schedule("every", every)
         self._clock = clock

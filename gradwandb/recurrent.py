@@ -358,11 +358,7 @@ class BPTTMonitor(ModuleMonitor):
         heatmap_every: ScheduleLike | None = 500,
         on_summary: OnSummary | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                "BPTTMonitor needs the model (an nn.Module), "
-                f"got {model!r} ({type(model).__name__})"
-            )
+        self._check_model(model)
         if isinstance(horizon_factor, bool) or not isinstance(horizon_factor, (int, float)):
             raise TypeError(f"horizon_factor must be a number in (0, 1), got {horizon_factor!r}")
         if not 0.0 < horizon_factor < 1.0:
