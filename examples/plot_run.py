@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 
 from gradwandb.demo import run_demo
 from gradwandb.keys import CLIP_COEF, GLOBAL_NORM, PARAM_ORDER, split_param_key
-from gradwandb.runfile import read_run
+from gradwandb.read.run import read_run
 
 
 def columns(series: list[tuple[int, float]]) -> tuple[list[int], list[float]]:

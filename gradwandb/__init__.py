@@ -5,17 +5,17 @@
 True
 """
 
-from gradwandb.activations import ActivationMonitor
-from gradwandb.adaptive_clipping import PercentileClip, UnitwiseClip, ValueClip, ZScoreClip
-from gradwandb.charts import ChartObserver
-from gradwandb.clipping import ClipPolicy, ClipResult, NormClip
-from gradwandb.diagnosis import Diagnosis, Finding, Thresholds
 from gradwandb.keys import Keys
-from gradwandb.record import StepRecord
-from gradwandb.recurrent import BPTTMonitor
-from gradwandb.sinks import Histogram, Image, MemorySink, Sink, Table
-from gradwandb.tracker import StopTraining, Tracker
-from gradwandb.watching import unwatch, watch
+from gradwandb.live.clip.adaptive import PercentileClip, UnitwiseClip, ValueClip, ZScoreClip
+from gradwandb.live.clip.policy import ClipPolicy, ClipResult, NormClip
+from gradwandb.live.diagnosis import Diagnosis, Finding, Thresholds
+from gradwandb.live.monitors.activations import ActivationMonitor
+from gradwandb.live.monitors.through_time import BPTTMonitor
+from gradwandb.live.record import StepRecord
+from gradwandb.live.sinks import Histogram, Image, MemorySink, Sink, Table
+from gradwandb.live.tracker import StopTraining, Tracker
+from gradwandb.live.watching import unwatch, watch
+from gradwandb.plots.charts import ChartObserver
 
 __version__ = "0.1.0"
 

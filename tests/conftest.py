@@ -34,7 +34,7 @@ def wandb_run(tmp_path: Path) -> Iterator[Callable[..., Any]]:
 
 def read_back(run: Any) -> Any:
     """Finish ``run`` if needed and read it back with W&B's own reader."""
-    from gradwandb.runfile import read_run
+    from gradwandb.read.run import read_run
 
     if not getattr(run, "_is_finished", False):
         run.finish()

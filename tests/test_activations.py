@@ -10,10 +10,10 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_sequence
 
 import gradwandb
-from gradwandb.activations import ActivationMonitor, act_key, kind_of
 from gradwandb.keys import Keys
-from gradwandb.record import StepRecord
-from gradwandb.sinks import Value
+from gradwandb.live.monitors.activations import ActivationMonitor, act_key, kind_of
+from gradwandb.live.record import StepRecord
+from gradwandb.live.sinks import Value
 
 Row = dict[str, Value]
 

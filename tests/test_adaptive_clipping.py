@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 import gradwandb
-from gradwandb.adaptive_clipping import PercentileClip, UnitwiseClip, ValueClip, ZScoreClip
-from gradwandb.clipping import ClipPolicy, ClipResult
-from gradwandb.sinks import MemorySink
+from gradwandb.live.clip.adaptive import PercentileClip, UnitwiseClip, ValueClip, ZScoreClip
+from gradwandb.live.clip.policy import ClipPolicy, ClipResult
+from gradwandb.live.sinks import MemorySink
 
 # -- plain-Python references ---------------------------------------------------------------
 

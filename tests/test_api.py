@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import gradwandb
-from gradwandb.sinks import MemorySink
+from gradwandb.live.sinks import MemorySink
 
 
 def test_all_lists_exactly_the_public_names() -> None:

@@ -17,8 +17,11 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradwandb
-from gradwandb import charts
-from gradwandb.charts import (
+from gradwandb.keys import Keys
+from gradwandb.live.record import StepRecord
+from gradwandb.live.sinks import Image, MemorySink
+from gradwandb.plots import charts as charts
+from gradwandb.plots.charts import (
     CHART_FLOW,
     CHART_HEATMAP,
     ChartObserver,
@@ -27,9 +30,6 @@ from gradwandb.charts import (
     flow_chart,
     norm_heatmap,
 )
-from gradwandb.keys import Keys
-from gradwandb.record import StepRecord
-from gradwandb.sinks import Image, MemorySink
 from tests.conftest import read_back
 
 NAMES = ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight"]

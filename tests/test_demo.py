@@ -16,7 +16,7 @@ import pytest
 from gradwandb.cli import build_parser, main
 from gradwandb.demo import run_demo, use_offline_by_default
 from gradwandb.models import Seq2Seq
-from gradwandb.runfile import RunLog, read_run
+from gradwandb.read.run import RunLog, read_run
 
 STEPS, VOCAB, HIDDEN = 4, 12, 8
 TINY = [

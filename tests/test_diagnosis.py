@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gradwandb.diagnosis import Diagnoser, Finding, Thresholds, verdict_of
-from gradwandb.record import StepRecord
+from gradwandb.live.diagnosis import Diagnoser, Finding, Thresholds, verdict_of
+from gradwandb.live.record import StepRecord
 
 NAN, INF = math.nan, math.inf
 Seen = tuple[str, str | None, int]  # (kind, layer, step)
@@ -101,7 +101,7 @@ def test_thresholds_defaults_follow_common_practice() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "fragment"),
     [
-        ({"thresholds": {"sustain": 3}}, TypeError, "pass a gradwandb.diagnosis.Thresholds"),
+        ({"thresholds": {"sustain": 3}}, TypeError, "pass a gradwandb.Thresholds"),
         ({"layer_types": [("rnn.weight_hh_l0", "RNN")]}, TypeError, "mapping of parameter"),
         ({"layer_types": {"rnn.weight_hh_l0": 1}}, TypeError, "module class name"),
     ],
@@ -866,8 +866,8 @@ def test_health_is_empty_before_the_first_record_and_a_copy_after() -> None:
 
 
 def test_a_dead_first_layer_is_dead_not_a_flow_problem() -> None:
-    from gradwandb.diagnosis import Diagnoser
-    from gradwandb.record import StepRecord
+    from gradwandb.live.diagnosis import Diagnoser
+    from gradwandb.live.record import StepRecord
 
     diagnoser = Diagnoser()
     for step in range(6):

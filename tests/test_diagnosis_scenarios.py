@@ -19,9 +19,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import gradwandb
-from gradwandb.diagnosis import Thresholds
-from gradwandb.sinks import MemorySink
-from gradwandb.tracker import MAX_ALERTS_PER_KIND
+from gradwandb.live.diagnosis import Thresholds
+from gradwandb.live.sinks import MemorySink
+from gradwandb.live.tracker import MAX_ALERTS_PER_KIND
 from tests.conftest import read_back
 
 Batch = tuple[Tensor, Tensor]
@@ -575,7 +575,7 @@ def test_health_signals_on_every_row_and_tagged_for_a_second_model() -> None:
 def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Count every way a tensor's value reaches the host (each is a sync on an accelerator)."""
     counts = {"to_host": 0, "item": 0, "tolist": 0, "__float__": 0, "__bool__": 0, "__int__": 0}
-    from gradwandb import statistics
+    from gradwandb.live.stats import kernels as statistics
 
     original_to_host = statistics.to_host
 

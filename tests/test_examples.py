@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gradwandb.runfile import read_run
+from gradwandb.read.run import read_run
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradwandb
-from gradwandb.sinks import MemorySink, Value
+from gradwandb.live.sinks import MemorySink, Value
 from tests.conftest import read_back
 
 

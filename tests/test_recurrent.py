@@ -18,18 +18,18 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
 
 import gradwandb
-import gradwandb.recurrent as recurrent
+import gradwandb.live.monitors.through_time as recurrent
 from gradwandb.keys import Keys
-from gradwandb.models import Seq2Seq, reverse_batch, seq2seq_loss
-from gradwandb.record import StepRecord
-from gradwandb.recurrent import (
+from gradwandb.live.monitors.through_time import (
     BPTTMonitor,
     PowerIteration,
     curve_summary,
     rnn_key,
     timestep_norm_sums,
 )
-from gradwandb.sinks import MemorySink, Table, Value
+from gradwandb.live.record import StepRecord
+from gradwandb.live.sinks import MemorySink, Table, Value
+from gradwandb.models import Seq2Seq, reverse_batch, seq2seq_loss
 
 Row = dict[str, Value]
 

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 import gradwandb
-import gradwandb.recurrent as recurrent
-from gradwandb.diagnosis import Diagnoser, Finding, Thresholds
-from gradwandb.record import StepRecord
-from gradwandb.recurrent import HEATMAP, BPTTMonitor, RecurrentSummary
-from gradwandb.sinks import Image, MemorySink, Table, Value
+import gradwandb.live.monitors.through_time as recurrent
+from gradwandb.live.diagnosis import Diagnoser, Finding, Thresholds
+from gradwandb.live.monitors.through_time import HEATMAP, BPTTMonitor, RecurrentSummary
+from gradwandb.live.record import StepRecord
+from gradwandb.live.sinks import Image, MemorySink, Table, Value
 
 
 @pytest.fixture(autouse=True)

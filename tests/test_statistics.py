@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gradwandb import statistics as S
+from gradwandb.live.stats import kernels as S
 
 
 def _tensors(dtype: torch.dtype) -> list[torch.Tensor]:

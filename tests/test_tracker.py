@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import gradwandb
-from gradwandb.sinks import Histogram, MemorySink
+from gradwandb.live.sinks import Histogram, MemorySink
 
 Step = Callable[[], None]
 
@@ -312,7 +312,7 @@ def test_a_policy_logs_its_extra_signals() -> None:
     class Halve(gradwandb.ClipPolicy):
         def clip_(self, grads, norms, total, params):  # type: ignore[no-untyped-def]
             half = torch.full_like(total, 0.5)
-            gradwandb.clipping.scale_(grads, half.float())
+            gradwandb.live.clip.policy.scale_(grads, half.float())
             return gradwandb.ClipResult(coef=half, extras={"zscore": total * 0 + 3.0})
 
     model = _mlp()

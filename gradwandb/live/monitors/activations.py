@@ -20,7 +20,7 @@ called twice) are pooled; a unit is dead only if it is dead in all of them (a mo
 with different widths in one step gets no ``dead_frac`` for that step). Forwards run with
 autograd off (evaluation under ``torch.no_grad()``) are not counted.
 
-Which step is monitored: as in :class:`~gradwandb.recurrent.BPTTMonitor`, a forward belongs to
+Which step is monitored: as in :class:`~gradwandb.BPTTMonitor`, a forward belongs to
 the optimizer step that follows it, read from ``clock`` (``lambda: tracker.step``) or else from
 the records the monitor is called with; the record of step ``s`` reports what the forwards of
 step ``s`` captured, when ``every(s)`` is true.
@@ -31,7 +31,7 @@ module adds a few reductions of its output on the device (``var_mean``, one or t
 for the ReLU family a per-unit ``any``) and a few scalar updates of the step's accumulators;
 fp16/bf16 outputs are first widened to float32 (one copy). Nothing is read back until the
 record of that step: :meth:`ActivationMonitor.__call__` moves every module's accumulators to the
-host in one transfer (:func:`gradwandb.statistics.to_host`), the monitor's one sync; a step
+host in one transfer (:func:`gradwandb.live.stats.kernels.to_host`), the monitor's one sync; a step
 with nothing to report makes none.
 
 >>> import torch, gradwandb
@@ -61,12 +61,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from gradwandb import statistics as S
 from gradwandb.keys import Keys
-from gradwandb.monitoring import ModuleMonitor
-from gradwandb.record import StepRecord
-from gradwandb.schedules import ScheduleLike
-from gradwandb.sinks import Value
+from gradwandb.live.monitors.base import ModuleMonitor
+from gradwandb.live.record import StepRecord
+from gradwandb.live.schedules import ScheduleLike
+from gradwandb.live.sinks import Value
+from gradwandb.live.stats import kernels as S
 
 __all__ = [
     "ACT",

@@ -35,7 +35,7 @@ compute dL/dx: one more matrix product per timestep in the bottom layer's backwa
 it anyway). In the backward each tensor hook reduces its gradient to per-timestep sums on the
 device (one pass; a packed sequence adds one small reduction per timestep). Nothing is read
 back until the record of that step: :meth:`BPTTMonitor.__call__` moves every curve and the
-spectral results to the host in one transfer (:func:`gradwandb.statistics.to_host`), the
+spectral results to the host in one transfer (:func:`gradwandb.live.stats.kernels.to_host`), the
 monitor's one sync (the tracker has just made its own, so little is left queued), and computes
 the summaries there; a step with nothing to report makes none. A spectral step adds, per
 module, 20 iterations (70 the first time) of a few batched products with its recurrent weights
@@ -74,8 +74,6 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.hooks import RemovableHandle
 
-from gradwandb import statistics as S
-from gradwandb.charts import _heatmap_figure, _log10, _png
 from gradwandb.keys import (
     CURVE,
     DECAY_RATE,
@@ -90,11 +88,13 @@ from gradwandb.keys import (
     bptt_key,
     rnn_key,
 )
-from gradwandb.monitoring import ModuleMonitor
-from gradwandb.record import StepRecord
-from gradwandb.schedules import ScheduleLike, as_schedule
-from gradwandb.sinks import Image, Table, Value
-from gradwandb.spectra import PowerIteration
+from gradwandb.live.monitors.base import ModuleMonitor
+from gradwandb.live.monitors.spectra import PowerIteration
+from gradwandb.live.record import StepRecord
+from gradwandb.live.schedules import ScheduleLike, as_schedule
+from gradwandb.live.sinks import Image, Table, Value
+from gradwandb.live.stats import kernels as S
+from gradwandb.plots.charts import _heatmap_figure, _log10, _png
 
 __all__ = [
     "HEATMAP",
@@ -315,7 +315,7 @@ class BPTTMonitor(ModuleMonitor):
         on_summary: called as ``on_summary(step, module, module_type, summary)`` with each
             module's :class:`RecurrentSummary` on every step that reports its curve (``module``
             is its name in keys, ``module_type`` its class name), e.g. a
-            :meth:`~gradwandb.diagnosis.Diagnoser.observe_recurrent`; an error in it is
+            :meth:`~gradwandb.live.diagnosis.Diagnoser.observe_recurrent`; an error in it is
             reported once and switches the callback off.
 
     Call :meth:`attach` to hook the modules, add the monitor as an observer
@@ -325,7 +325,7 @@ class BPTTMonitor(ModuleMonitor):
     when the model is the recurrent module itself; a tagged ``keys`` inserts its tag after the
     first ``/``), on monitored steps:
 
-    - ``bptt/<module>/curve``: a :class:`~gradwandb.sinks.Table` with a row per timestep:
+    - ``bptt/<module>/curve``: a :class:`~gradwandb.live.sinks.Table` with a row per timestep:
       ``timestep``, ``input_grad_norm`` (dL/dx_t), ``output_grad_norm`` (dL/dh_t), or for a
       bidirectional module ``output_grad_norm_forward`` and ``output_grad_norm_reverse``;
     - ``bptt/<module>/first_last_ratio``, ``decay_rate``, ``horizon``, ``seq_len``: summaries
@@ -338,7 +338,7 @@ class BPTTMonitor(ModuleMonitor):
 
     and on ``heatmap_every`` steps, once a curve was captured:
 
-    - ``bptt/<module>/heatmap``: an :class:`~gradwandb.sinks.Image` of log10 of the input
+    - ``bptt/<module>/heatmap``: an :class:`~gradwandb.live.sinks.Image` of log10 of the input
       curve (dL/dx_t), one row per timestep (first on top), one column per monitored step,
       the last :data:`HEATMAP_COLUMNS` (:meth:`heatmap_data` has its numbers).
 
@@ -629,7 +629,7 @@ def _never(step: int) -> bool:
 
 
 def _timestep_heatmap(name: str, steps: list[int], grid: list[list[float | None]]) -> bytes:
-    """PNG of one module's heatmap, drawn with :mod:`gradwandb.charts`' heatmap code."""
+    """PNG of one module's heatmap, drawn with :mod:`gradwandb.plots.charts`' heatmap code."""
     fig = _heatmap_figure(steps, [str(t) for t in range(len(grid))], grid)
     ax = fig.axes[0]
     ax.set_ylabel("timestep")

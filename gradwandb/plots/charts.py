@@ -34,9 +34,9 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image as PILImage
 
 from gradwandb.keys import CHART_FLOW, CHART_HEATMAP, Keys
-from gradwandb.record import StepRecord
-from gradwandb.schedules import ScheduleLike, as_schedule
-from gradwandb.sinks import Image
+from gradwandb.live.record import StepRecord
+from gradwandb.live.schedules import ScheduleLike, as_schedule
+from gradwandb.live.sinks import Image
 
 _MAX_COLOR = "#9ecae1"  # max |g| bars (light, wide)
 _MEAN_COLOR = "#08519c"  # mean |g| bars (dark, narrow, in front)

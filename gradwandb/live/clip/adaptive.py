@@ -1,7 +1,7 @@
 """Adaptive clipping policies: thresholds that follow the run instead of a fixed max-norm.
 
-Four :class:`~gradwandb.clipping.ClipPolicy` implementations beside the fixed
-:class:`~gradwandb.clipping.NormClip`:
+Four :class:`~gradwandb.live.clip.policy.ClipPolicy` implementations beside the fixed
+:class:`~gradwandb.live.clip.policy.NormClip`:
 
 - :class:`PercentileClip` (AutoClip-style): clip the global norm to a percentile of the
   global norms seen so far.
@@ -44,8 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradwandb import statistics as S
-from gradwandb.clipping import ClipPolicy, ClipResult, check_positive, scale_
+from gradwandb.live.clip.policy import ClipPolicy, ClipResult, check_positive, scale_
+from gradwandb.live.stats import kernels as S
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 State = dict[str, Tensor]

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from gradwandb.schedules import ScheduleLike, as_schedule
+from gradwandb.live.schedules import ScheduleLike, as_schedule
 
 _M = TypeVar("_M", bound="ModuleMonitor")
 

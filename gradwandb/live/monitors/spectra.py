@@ -1,7 +1,7 @@
 """Recurrent weight health: persistent power iteration for the spectral radius and the largest
 singular value of slowly changing square matrices (recurrent weights in training).
 
-Used by :class:`gradwandb.recurrent.BPTTMonitor` every ``spectral_every`` steps, per gate block.
+Used by :class:`gradwandb.BPTTMonitor` every ``spectral_every`` steps, per gate block.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gradwandb import statistics as S
+from gradwandb.live.stats import kernels as S
 
 
 class PowerIteration:

@@ -22,16 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradwandb.activations import SATURATED_FRAC, ActivationMonitor
-from gradwandb.charts import ChartObserver
-from gradwandb.clipping import ClipPolicy, as_policy
-from gradwandb.diagnosis import Diagnoser, Thresholds
 from gradwandb.keys import Keys
-from gradwandb.recurrent import BPTTMonitor, RecurrentSummary
-from gradwandb.schedules import ScheduleLike, as_schedule
-from gradwandb.selection import ParamFilter, check_optimizer, parameter_info, select_parameters
-from gradwandb.sinks import Sink
-from gradwandb.tracker import Tracker
+from gradwandb.live.clip.policy import ClipPolicy, as_policy
+from gradwandb.live.diagnosis import Diagnoser, Thresholds
+from gradwandb.live.monitors.activations import SATURATED_FRAC, ActivationMonitor
+from gradwandb.live.monitors.through_time import BPTTMonitor, RecurrentSummary
+from gradwandb.live.schedules import ScheduleLike, as_schedule
+from gradwandb.live.selection import ParamFilter, check_optimizer, parameter_info, select_parameters
+from gradwandb.live.sinks import Sink
+from gradwandb.live.tracker import Tracker
+from gradwandb.plots.charts import ChartObserver
 
 _TRACKERS: weakref.WeakKeyDictionary[nn.Module, Tracker] = weakref.WeakKeyDictionary()
 # Per destination (a W&B run id, or a sink's identity): the tag each watched model got, so a
@@ -86,7 +86,7 @@ def watch(
         scaler: the ``torch.amp.GradScaler`` in use, to log its scale and skipped steps.
         name: a tag for this model's keys; a second model in one run gets its class name.
         diagnose: run the diagnosis rules on every logged step (True, or your own
-            :class:`~gradwandb.diagnosis.Thresholds`): ``health/...`` signals join each row,
+            :class:`gradwandb.Thresholds`): ``health/...`` signals join each row,
             ``tracker.diagnosis()`` gives the verdict and findings, and the run summary gets
             ``gradwandb/verdict`` and ``gradwandb/findings`` at the end. No extra host sync.
         alerts: send a W&B alert (``run.alert``) with the fix when diagnosis first finds
@@ -226,7 +226,7 @@ def _check_diagnose(diagnose: object) -> tuple[bool, Thresholds | None]:
     if isinstance(diagnose, bool):
         return diagnose, None
     raise TypeError(
-        f"diagnose must be True, False or a gradwandb.diagnosis.Thresholds, got {diagnose!r} "
+        f"diagnose must be True, False or a gradwandb.Thresholds, got {diagnose!r} "
         f"({type(diagnose).__name__}); e.g. diagnose=Thresholds(...) to change a threshold"
     )
 
@@ -261,7 +261,7 @@ def _forget(tracker: Tracker) -> None:
 def _wandb_sink(run: Any) -> tuple[Sink, str]:
     import wandb
 
-    from gradwandb.wandb_sink import WandbSink
+    from gradwandb.live.wandb_sink import WandbSink
 
     run = run if run is not None else wandb.run
     if run is None:

@@ -1,4 +1,4 @@
-"""Diagnosis: small rules over the stream of :class:`~gradwandb.record.StepRecord` s.
+"""Diagnosis: small rules over the stream of :class:`~gradwandb.live.record.StepRecord` s.
 
 A :class:`Diagnoser` reads one record per logged step and says what is wrong, where, since
 when and what to try, as :class:`Finding` s; :meth:`Diagnoser.diagnosis` gives the run's
@@ -27,7 +27,7 @@ The rules (every threshold is a field of :class:`Thresholds`):
   records (reported instead of vanishing while the gradient is exactly 0).
 
 Through time (:meth:`Diagnoser.observe_recurrent`, fed the per-module summaries of
-:class:`~gradwandb.recurrent.BPTTMonitor`; the layer is the recurrent module's name):
+:class:`~gradwandb.BPTTMonitor`; the layer is the recurrent module's name):
 
 - **vanishing** (error): the effective horizon under ``horizon_frac`` of the sequence length,
   or (with a saturated fraction given) the activations saturated over ``saturation``, for
@@ -63,7 +63,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Protocol
 
-from gradwandb.record import StepRecord
+from gradwandb.live.record import StepRecord
 
 KINDS = ("exploding", "spike", "vanishing", "flow", "nonfinite", "dead")
 SEVERITIES = ("warning", "error")
@@ -166,9 +166,9 @@ class Diagnosis:
 
 class TimeSummary(Protocol):
     """What :meth:`Diagnoser.observe_recurrent` reads of one module's report through time
-    (:class:`gradwandb.recurrent.RecurrentSummary` is one): the horizon in timesteps, the
-    decay rate of ln(norm) per timestep going back (None when unknown), the first/last ratio,
-    and the largest spectral radius of the recurrent weights (None until computed)."""
+    (a :class:`~gradwandb.live.monitors.through_time.RecurrentSummary` is one): the horizon
+    in timesteps, the decay rate of ln(norm) per timestep going back (None when unknown), the
+    first/last ratio, and the largest spectral radius of the recurrent weights (None until computed)."""
 
     @property
     def step(self) -> int: ...
@@ -469,7 +469,7 @@ class Diagnoser:
             thresholds = Thresholds()
         if not isinstance(thresholds, Thresholds):
             raise TypeError(
-                f"Diagnoser(thresholds={thresholds!r}): pass a gradwandb.diagnosis.Thresholds, "
+                f"Diagnoser(thresholds={thresholds!r}): pass a gradwandb.Thresholds, "
                 "e.g. Thresholds(explode_global=50.0), or None for the defaults"
             )
         types = {} if layer_types is None else layer_types
@@ -546,7 +546,7 @@ class Diagnoser:
         :meth:`flush` (and so reach the next :meth:`update`'s return) for a consumer that
         only reads those.
 
-        >>> from gradwandb.recurrent import RecurrentSummary
+        >>> from gradwandb.live.monitors.through_time import RecurrentSummary
         >>> d = Diagnoser(Thresholds(sustain=2))
         >>> short = RecurrentSummary(step=0, seq_len=40, horizon=3, decay_rate=0.9)
         >>> d.observe_recurrent(0, "encoder", "RNN", short)

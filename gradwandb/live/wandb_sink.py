@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gradwandb.sinks import Histogram, Image, Table, Value
+from gradwandb.live.sinks import Histogram, Image, Table, Value
 
 ALERT_WAIT_S = 300  # W&B's wait_duration: no second alert of the same title within 5 minutes
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gradwandb.sinks import Table
+from gradwandb.live.sinks import Table
 
 ParamFilter = str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None
 

@@ -3,7 +3,7 @@ knows nothing of statistics; values are floats, ints, :class:`Histogram` or :cla
 It also takes run-level summary values and alerts (a title, a text, a level).
 
 :class:`MemorySink` keeps everything in lists, for tests and for programs that read the numbers
-directly; :class:`gradwandb.wandb_sink.WandbSink` writes to a W&B run.
+directly; :class:`gradwandb.live.wandb_sink.WandbSink` writes to a W&B run.
 
 >>> sink = MemorySink()
 >>> sink.log({"grad/global_norm": 0.5}, step=0)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gradwandb import keys as K
 from gradwandb.keys import Keys
-from gradwandb.sinks import Histogram, Value
+from gradwandb.live.sinks import Histogram, Value
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Per step: capture (the heartbeat) -> statistics on the device -> the non-finite guard and
 clipping, reusing the same norm vector -> one host transfer ->
-:class:`~gradwandb.record.StepRecord` -> observers (diagnosis first) -> alerts and the sink.
+:class:`~gradwandb.live.record.StepRecord` -> observers (diagnosis first) -> alerts and the sink.
 
 Cost model. A step on which nothing is scheduled and no clipping is set costs a counter
 increment. With clipping, the norms and the in-place scale run on the device with no host
@@ -40,15 +40,15 @@ import torch
 from torch import Tensor, nn
 
 from gradwandb import keys as K
-from gradwandb import statistics as S
-from gradwandb.capture import BackwardEnd, HookSet, on_optimizer_step, wrap_method
-from gradwandb.clipping import ClipPolicy
-from gradwandb.diagnosis import Diagnoser, Diagnosis, Finding
 from gradwandb.keys import Keys
-from gradwandb.record import StepRecord, skip_row, to_row
-from gradwandb.schedules import Schedule
-from gradwandb.selection import ParameterInfo, Present, present
-from gradwandb.sinks import Histogram, Sink, Value
+from gradwandb.live.capture import BackwardEnd, HookSet, on_optimizer_step, wrap_method
+from gradwandb.live.clip.policy import ClipPolicy
+from gradwandb.live.diagnosis import Diagnoser, Diagnosis, Finding
+from gradwandb.live.record import StepRecord, skip_row, to_row
+from gradwandb.live.schedules import Schedule
+from gradwandb.live.selection import ParameterInfo, Present, present
+from gradwandb.live.sinks import Histogram, Sink, Value
+from gradwandb.live.stats import kernels as S
 
 Observer = Callable[[StepRecord], "Mapping[str, Value] | None"]
 
@@ -262,7 +262,7 @@ class Tracker:
             self._fail(exc)
         self._verdict_due = False
         self.sink.close()
-        from gradwandb.watching import _forget
+        from gradwandb.live.watching import _forget
 
         _forget(self)
 
