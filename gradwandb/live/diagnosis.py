@@ -168,7 +168,8 @@ class TimeSummary(Protocol):
     """What :meth:`Diagnoser.observe_recurrent` reads of one module's report through time
     (a :class:`~gradwandb.live.monitors.through_time.RecurrentSummary` is one): the horizon
     in timesteps, the decay rate of ln(norm) per timestep going back (None when unknown), the
-    first/last ratio, and the largest spectral radius of the recurrent weights (None until computed)."""
+    first/last ratio, and the largest spectral radius of the recurrent weights (None until
+    computed)."""
 
     @property
     def step(self) -> int: ...
