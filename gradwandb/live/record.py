@@ -13,10 +13,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gradwandb import keys as K
 from gradwandb.keys import Keys
 from gradwandb.live.sinks import Histogram, Value
+
+
+# When an observer runs within a step: FILL (monitors that add their measures to the record),
+# then JUDGE (diagnosis, which reads everything the step measured), then REPORT (charts,
+# anything that only reads). An observer says its stage with a ``stage`` attribute; a plain
+# callable is REPORT. Within a stage, observers run in the order they were added.
+FILL, JUDGE, REPORT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class RecurrentSummary:
+    """One module's report through time at ``step``, and the largest spectral radius of its
+    recurrent weight blocks at the latest spectral step (None before); ``module_type`` is the
+    module's class name (``"RNN"``, ``"LSTM"``, ``"GRU"``, or another sequence module's)."""
+
+    step: int
+    seq_len: int
+    horizon: int
+    decay_rate: float | None = None
+    first_last_ratio: float | None = None
+    spectral_radius: float | None = None
+    module_type: str = ""
 
 
 @dataclass
@@ -44,6 +67,20 @@ class StepRecord:
     amp_overflow_skip: int | None = None
     guard_skipped: int | None = None  # with guard=: 1 when the guard skipped this step
     guard_skipped_total: int | None = None  # with guard=: steps skipped so far
+    # Filled by FILL-stage observers (the monitors), read by the later stages:
+    through_time: dict[str, RecurrentSummary] = field(default_factory=dict)  # module -> summary
+    activations: dict[str, dict[str, float]] = field(default_factory=dict)  # module -> stat -> v
+    module_types: dict[str, str] = field(default_factory=dict)  # module (as in keys) -> class
+
+
+class Observer(Protocol):
+    """Called with the record of every logged step; what it returns joins that step's row.
+
+    Optional attributes: ``stage`` (:data:`FILL`, :data:`JUDGE` or :data:`REPORT`, the
+    default) and ``finish()``, called once when the tracker is removed or the run finishes.
+    """
+
+    def __call__(self, record: StepRecord) -> Mapping[str, Value] | None: ...
 
 
 def to_row(record: StepRecord, keys: Keys) -> dict[str, Value]:
