@@ -62,8 +62,44 @@ PARAMS_FROZEN = "gradwandb/params_frozen"
 PARAM_ORDER = "gradwandb/param_order"  # watched names in forward (registration) order
 
 # Run summary, written by diagnosis (when the tracker is removed or the run finishes).
-VERDICT = "gradwandb/verdict"  # "healthy", "vanishing", "exploding" or "nonfinite"
-FINDINGS = "gradwandb/findings"  # list of the findings' messages, each with its fix
+VERDICT = "gradwandb/verdict"  # one of VERDICTS
+FINDINGS = "gradwandb/findings"  # list of finding records, each with FINDING_FIELDS
+SETTINGS = "gradwandb/settings"  # what the tracker was asked to do: intervals, clip, monitors
+
+# Diagnosis: the names a reader can rely on.
+VERDICTS = ("healthy", "vanishing", "exploding", "nonfinite")  # in rising precedence
+KINDS = ("exploding", "spike", "vanishing", "flow", "nonfinite", "dead")
+SEVERITIES = ("warning", "error")
+FINDING_FIELDS = ("kind", "severity", "layer", "step", "value", "message", "fix")
+
+# health/<signal>, on every logged row with diagnosis on.
+H_EXPLODING = "exploding"  # 0/1: an exploding condition holds at this step
+H_VANISHING = "vanishing"  # 0/1
+H_NONFINITE = "nonfinite"  # 0/1
+H_SPIKE_Z = "spike_z"  # z-score of log10 global norm against its moving average
+H_GROWTH = "growth"  # decades the global norm rose over the growth window
+H_VANISHING_LAYERS = "vanishing_layers"  # per-layer steps: layers under the vanishing limit
+H_DEAD_LAYERS = "dead_layers"  # per-layer steps: layers with an exactly zero gradient
+H_FLOW_RATIO = "flow_ratio"  # per-layer steps: log10 of latest over earliest layer's gradient
+HEALTH_SIGNALS = (
+    H_EXPLODING,
+    H_VANISHING,
+    H_NONFINITE,
+    H_SPIKE_Z,
+    H_GROWTH,
+    H_VANISHING_LAYERS,
+    H_DEAD_LAYERS,
+    H_FLOW_RATIO,
+)
+
+# Activation health, act/<module>/<stat> (watch(..., activations_every=...)).
+ACT = "act"
+SATURATED_FRAC = "saturated_frac"  # tanh-like |y| > saturation; sigmoid y > s or y < 1 - s
+DEAD_FRAC = "dead_frac"  # ReLU family: fraction of units never positive in the step
+ZERO_FRAC = "zero_frac"  # fraction of elements exactly zero
+MEAN = "mean"  # mean of the elements
+STD = "std"  # population standard deviation of the elements
+ACT_STATS = (SATURATED_FRAC, DEAD_FRAC, ZERO_FRAC, MEAN, STD)
 
 
 # Images, with watch(..., charts=True).
@@ -73,7 +109,8 @@ CHART_HEATMAP = "charts/grad_norm_heatmap"  # log10 gradient norm, layer x per-l
 # Through time, for every nn.RNN / nn.LSTM / nn.GRU (watch(..., bptt_every=...)).
 BPTT = "bptt"  # bptt/<module>/<stat>
 RNN_WEIGHTS = "rnn"  # rnn/<module>/<weight>[/<gate>]/<stat>
-CURVE = "curve"  # Table: timestep, input_grad_norm, then OUTPUT_COLUMNS by direction count
+CURVE = "curve"  # Table: CURVE_COLUMNS, then OUTPUT_COLUMNS by direction count
+CURVE_COLUMNS = ("timestep", "input_grad_norm")
 OUTPUT_COLUMNS = {
     1: ("output_grad_norm",),
     2: ("output_grad_norm_forward", "output_grad_norm_reverse"),
@@ -85,6 +122,36 @@ HORIZON = "horizon"
 SEQ_LEN = "seq_len"
 SPECTRAL_RADIUS = "spectral_radius"
 SIGMA_MAX = "sigma_max"
+
+
+def health_key(keys: Keys, signal: str) -> str:
+    """``health/<signal>``, tagged like the tracker's keys.
+
+    >>> health_key(Keys(), H_SPIKE_Z), health_key(Keys("critic"), H_SPIKE_Z)
+    ('health/spike_z', 'health/critic/spike_z')
+    """
+    return keys.scalar(f"{HEALTH}/{signal}")
+
+
+def act_key(keys: Keys, module: str, stat: str) -> str:
+    """``act/<module>/<stat>``, tagged like the tracker's keys.
+
+    >>> act_key(Keys(), "net.1", DEAD_FRAC), act_key(Keys("critic"), "net.1", MEAN)
+    ('act/net.1/dead_frac', 'act/critic/net.1/mean')
+    """
+    return keys.scalar(f"{ACT}/{module}/{stat}")
+
+
+def is_bias(name: str) -> bool:
+    """True for a bias parameter's name (``bias``, ``bias_ih_l0``, ``in_proj_bias``, ...).
+
+    >>> is_bias("encoder.rnn.bias_hh_l0"), is_bias("0.bias"), is_bias("attn.in_proj_bias")
+    (True, True, True)
+    >>> is_bias("0.weight"), is_bias("biasnet.weight")
+    (False, False)
+    """
+    last = name.rsplit(".", 1)[-1]
+    return last == "bias" or last.startswith("bias_") or last.endswith("_bias")
 
 
 def bptt_key(keys: Keys, module: str, stat: str) -> str:
