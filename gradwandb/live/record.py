@@ -4,14 +4,23 @@ A :class:`StepRecord` is what every consumer downstream of the statistics reads 
 through :func:`to_row`, diagnosis rules, tests): the values are plain Python floats, already
 moved off the device.
 
+Every statistic's values are reached the same way, by its name (its key family):
+:meth:`StepRecord.put` and :meth:`StepRecord.get`. The built-ins keep typed attributes for
+the rules (``norm``, ``mean_abs`` and ``max_abs`` as lists in ``names`` order, the rest as
+``{name: value}``); any other statistic lives in ``extra`` (per tensor) or ``per_run``.
+
 >>> record = StepRecord(step=3, names=["w"], norm=[0.5], global_norm=0.5)
->>> to_row(record, Keys())["grad_norm/w"]
-0.5
+>>> record.put("grad_rms", [0.25])
+>>> record.get("grad_norm"), record.get("grad_rms")
+({'w': 0.5}, {'w': 0.25})
+>>> row = to_row(record, Keys())
+>>> row["grad_norm/w"], row["grad_rms/w"]
+(0.5, 0.25)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -67,10 +76,53 @@ class StepRecord:
     amp_overflow_skip: int | None = None
     guard_skipped: int | None = None  # with guard=: 1 when the guard skipped this step
     guard_skipped_total: int | None = None  # with guard=: steps skipped so far
+    extra: dict[str, dict[str, Value]] = field(default_factory=dict)  # other statistics
+    per_run: dict[str, Value] = field(default_factory=dict)  # statistics with one value a step
     # Filled by FILL-stage observers (the monitors), read by the later stages:
     through_time: dict[str, RecurrentSummary] = field(default_factory=dict)  # module -> summary
     activations: dict[str, dict[str, float]] = field(default_factory=dict)  # module -> stat -> v
     module_types: dict[str, str] = field(default_factory=dict)  # module (as in keys) -> class
+
+    def put(self, family: str, values: Sequence[Value] | Mapping[str, Value]) -> None:
+        """Set statistic ``family``'s values: one per name (in ``names`` order) or by name."""
+        by_name = values if isinstance(values, Mapping) else dict(zip(self.names, values))
+        listed = _LISTED.get(family)
+        if listed is not None:
+            setattr(self, listed, [by_name[n] for n in self.names if n in by_name])
+        elif family in _MAPPED:
+            getattr(self, _MAPPED[family]).update(by_name)
+        else:
+            self.extra.setdefault(family, {}).update(by_name)
+
+    def put_run(self, name: str, value: Value) -> None:
+        """Set the one value of statistic ``name`` for this step (logged as ``grad/<name>``)."""
+        self.per_run[name] = value
+
+    def get(self, family: str) -> dict[str, Value]:
+        """Statistic ``family``'s values by parameter name (empty when not logged this step)."""
+        listed = _LISTED.get(family)
+        if listed is not None:
+            return dict(zip(self.names, getattr(self, listed), strict=False))
+        if family in _MAPPED:
+            return dict(getattr(self, _MAPPED[family]))
+        return dict(self.extra.get(family, {}))
+
+    def families(self) -> list[str]:
+        """Every per-tensor statistic that has values in this record."""
+        typed = [f for f in (*_LISTED, *_MAPPED) if self.get(f)]
+        return typed + [f for f, v in self.extra.items() if v]
+
+
+# Where the built-ins keep their values: lists in ``names`` order, or {name: value}.
+_LISTED = {K.GRAD_NORM: "norm", K.GRAD_MEAN_ABS: "mean_abs", K.GRAD_MAX_ABS: "max_abs"}
+_MAPPED = {
+    K.GRAD_NONFINITE: "nonfinite_elements",
+    K.GRAD_ZERO_FRAC: "zero_frac",
+    K.GRAD_HIST: "value_hist",
+    K.GRAD_LOG10_HIST: "log10_hist",
+    K.PARAM_NORM: "param_norm",
+    K.UPDATE_RATIO: "update_ratio",
+}
 
 
 class Observer(Protocol):
@@ -105,23 +157,10 @@ def to_row(record: StepRecord, keys: Keys) -> dict[str, Value]:
         row[keys.scalar(K.GUARD_SKIPPED)] = record.guard_skipped
     if record.guard_skipped_total is not None:
         row[keys.scalar(K.GUARD_SKIPPED_TOTAL)] = record.guard_skipped_total
-    for family, values in (
-        (K.GRAD_NORM, record.norm),
-        (K.GRAD_MEAN_ABS, record.mean_abs),
-        (K.GRAD_MAX_ABS, record.max_abs),
-    ):
-        for name, value in zip(record.names, values, strict=False):  # [] off stats steps
-            row[keys.param(family, name)] = value
-    per_name: tuple[tuple[str, Mapping[str, Value]], ...] = (
-        (K.GRAD_NONFINITE, record.nonfinite_elements),
-        (K.GRAD_ZERO_FRAC, record.zero_frac),
-        (K.GRAD_HIST, record.value_hist),
-        (K.GRAD_LOG10_HIST, record.log10_hist),
-        (K.PARAM_NORM, record.param_norm),
-        (K.UPDATE_RATIO, record.update_ratio),
-    )
-    for family, mapping in per_name:
-        for name, item in mapping.items():
+    for name, one in record.per_run.items():
+        row[keys.scalar(f"grad/{name}")] = one
+    for family in record.families():
+        for name, item in record.get(family).items():
             row[keys.param(family, name)] = item
     return row
 

@@ -30,10 +30,9 @@ tracker switches itself off, and training goes on. :class:`StopTraining`, raised
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -41,25 +40,21 @@ from torch import Tensor, nn
 
 from gradwandb import keys as K
 from gradwandb.keys import Keys
+from gradwandb.live.assembly import Pending, Plan, assemble
 from gradwandb.live.capture import BackwardEnd, HookSet, on_optimizer_step, wrap_method
 from gradwandb.live.clip.policy import ClipPolicy
 from gradwandb.live.diagnosis import Diagnoser, Diagnosis, Finding
+from gradwandb.live.guard import Guard, drop_grads
 from gradwandb.live.record import StepRecord, skip_row, to_row
 from gradwandb.live.schedules import Schedule
-from gradwandb.live.selection import ParameterInfo, Present, present
-from gradwandb.live.sinks import Histogram, Sink, Value
+from gradwandb.live.selection import ParameterInfo, present
+from gradwandb.live.shield import StopTraining
+from gradwandb.live.sinks import Sink, Value
 from gradwandb.live.stats import kernels as S
+from gradwandb.live.stats.builtin import BUILTIN, MAGNITUDES
+from gradwandb.live.stats.statistic import GradientView, Statistic
 
 Observer = Callable[[StepRecord], "Mapping[str, Value] | None"]
-
-
-class StopTraining(RuntimeError):
-    """Raised on purpose by gradwandb to stop a run; passes through the error shield.
-
-    The guard (``gradwandb.watch(..., guard=N)``) raises it from ``optimizer.step()`` (or from
-    ``backward()`` without an optimizer) after N steps in a row with NaN/Inf gradients, every
-    one of them skipped, so the weights are those from before the first bad step.
-    """
 
 
 # Findings worth interrupting someone for, and the W&B alert level of each.
@@ -72,61 +67,6 @@ ALERT_TITLES = {
 }
 MAX_ALERTS_PER_KIND = 3  # per tracker; each alert groups a step's new layers of one kind
 _ALERT_LINES = 5  # findings spelled out in one alert's text; the rest are counted
-
-
-@dataclass
-class _Guard:
-    """The non-finite guard: what it skipped, and after how many bad steps in a row to stop."""
-
-    stop_after: int | None  # None: skip bad steps and never stop
-    total: int = 0  # steps skipped so far
-    in_a_row: int = 0  # bad steps since the last finite one
-    first: int = 0  # the first step of the current run of bad ones
-    culprits: dict[str, None] = field(default_factory=dict)  # their layers, in order
-
-    def stop_message(self, step: int) -> str | None:
-        """Why to stop after bad step ``step``, or None to go on."""
-        if self.stop_after is None or self.in_a_row < self.stop_after:
-            return None
-        names = list(self.culprits)
-        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-        span = f"step {step}" if self.first == step else f"steps {self.first}-{step}"
-        return (
-            f"gradwandb: {self.in_a_row} optimizer steps in a row had NaN/Inf gradients "
-            f"({span}, guard={self.stop_after}), in: {shown}. Each was skipped, so the weights "
-            f"and optimizer state are those from before step {self.first}. Look for what "
-            "overflows in those layers (log or division near 0, a too high learning rate, "
-            "fp16 without a GradScaler); lower the learning rate or clip (clip=1.0), resume "
-            "from a checkpoint, or pass guard=True to skip bad steps without stopping"
-        )
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What one step does, cheapest tier first; each tier includes the ones before it."""
-
-    log: bool  # global norm, clipping, non-finite count: one pass, tiny row
-    layers: bool  # + per layer: L2 norm, mean|g|, max|g|, weight norm, update ratio
-    hist: bool  # + histograms
-
-    @property
-    def anything(self) -> bool:
-        return self.log
-
-
-@dataclass
-class _Pending:
-    """Device-side results of a step between the pre-hook and the post-hook."""
-
-    step: int
-    plan: _Plan
-    now: Present
-    values: list[Tensor]
-    norms: Tensor
-    device: dict[str, Tensor] = field(default_factory=dict)
-    snapshot: list[Tensor] | None = None
-    skipped: bool = False  # the guard skipped this step (its gradients held NaN/Inf)
-    stop: str | None = None  # the guard's reason to stop training after this step
 
 
 class Tracker:
@@ -154,6 +94,7 @@ class Tracker:
         diagnoser: Diagnoser | None = None,
         alerts: bool = False,
         guard: bool | int = False,
+        statistics: Sequence[Statistic] = BUILTIN,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -170,7 +111,9 @@ class Tracker:
         self._step = 0
         self._active = True
         self._failed = False
-        self._pending: _Pending | None = None
+        self._pending: Pending | None = None
+        self._statistics = tuple(statistics)
+        self._state: dict[str, dict[str, Any]] = {st.name: {} for st in self._statistics}
         self._bites: Tensor | None = None  # device count of steps on which clipping bit
         self._observers: list[Observer] = []
         self._hooks = HookSet()
@@ -182,7 +125,7 @@ class Tracker:
         self._alerts = alerts and diagnoser is not None
         self._alerted: set[tuple[str, str | None]] = set()  # (kind, layer) already alerted
         self._alerts_sent: dict[str, int] = {}  # per kind
-        self._guard = _Guard(None if guard is True else int(guard)) if guard else None
+        self._guard = Guard(None if guard is True else int(guard)) if guard else None
         self._stop: str | None = None  # raised as StopTraining once the running hook is done
 
         sink.summary(
@@ -328,10 +271,10 @@ class Tracker:
 
     # -- the step -------------------------------------------------------------------------
 
-    def _plan(self, k: int) -> _Plan:
+    def _plan(self, k: int) -> Plan:
         hist = self._hist_at(k)
         layers = hist or self._layers_at(k)
-        return _Plan(log=layers or self._log_at(k), layers=layers, hist=hist)
+        return Plan(log=layers or self._log_at(k), layers=layers, hist=hist)
 
     def _pre_step(self) -> None:
         if not self.sink.alive():
@@ -346,29 +289,35 @@ class Tracker:
         if not now.grads:
             return
         values = [S.dense_values(g) for g in now.grads]
-        stats = S.grad_stats(values) if plan.layers else None
+        stats = S.grad_stats(values) if plan.layers else None  # L2, L1, max in one pass
         norms = S.grad_norms(values) if stats is None else stats[S.NORM]
         total = S.global_norm(norms)
-        pending = _Pending(k, plan, now, values, norms)
-        if self._guard is not None and self._guard_trips(k, now, values, norms, total):
-            pending.skipped = True
-            pending.plan = replace(plan, log=True)  # a skipped step is always logged
+        names = [self.names[i] for i in now.index]
+        skipped = self._guard is not None and self._guard.trips(k, names, values, norms)
+        if skipped:
+            plan = replace(plan, log=True)  # a skipped step is always logged
+        view = GradientView(
+            step=k,
+            names=names,
+            grads=values,
+            params=list(now.params),
+            norms=norms,
+            numels=[p.numel() for p in now.params],
+            tiers=plan.tiers,
+        )
+        if stats is not None:
+            view.cached(MAGNITUDES, lambda: stats)
+        pending = Pending(plan, now, view, skipped=skipped)
+        if skipped and self._guard is not None:
             pending.stop = self._guard.stop_message(k)
         pending.device.update(total=total, nonfinite=S.nonfinite_flags(norms).sum())
-        if stats is not None:
-            pending.device["stats"] = stats
-        if plan.hist and stats is not None:  # before clipping: show what arrived
-            hist = S.histograms(values, stats[S.MAX_ABS])
-            pending.device.update(
-                hist_values=hist.values,
-                hist_scale=hist.scale,
-                hist_log10=hist.log10,
-                hist_zeros=hist.zeros,
-            )
-        if plan.layers and self.optimizer is not None:
-            pending.snapshot = [p.detach().clone() for p in now.params]
-        if pending.skipped:
-            self._drop_grads()  # after the reads above; the optimizer now skips the step
+        self._compute(pending, after_step=False)  # before clipping: what arrived
+        if self.optimizer is not None and any(
+            st.after_step and plan.runs(st) for st in self._statistics
+        ):
+            view.snapshot = [p.detach().clone() for p in now.params]
+        if skipped:
+            drop_grads(self.optimizer, self.model)  # the optimizer now skips the step
         elif self.clip is not None:
             result = self.clip.clip_(now.grads, norms, total, now.params)
             bit = (result.coef < 1.0).to(torch.float64)
@@ -383,6 +332,19 @@ class Tracker:
             pending.device["amp_scale"] = scale
         self._pending = pending
 
+    def _compute(self, pending: Pending, *, after_step: bool) -> None:
+        """Run the scheduled statistics of one phase on the device (no sync)."""
+        view = pending.view
+        for statistic in self._statistics:
+            if statistic.after_step != after_step or statistic.fn is None:
+                continue
+            if not pending.plan.runs(statistic):
+                continue
+            view.state = self._state[statistic.name]
+            result = statistic.fn(view)
+            if result is not None:
+                pending.results[statistic.name] = result
+
     def _post_step(self) -> None:
         pending, self._pending = self._pending, None
         k = self._step
@@ -390,19 +352,9 @@ class Tracker:
         if pending is None or not pending.plan.anything:
             return
         self._stop = pending.stop  # raised by the shield once this step is logged
-        if pending.plan.layers:
-            params = pending.now.params
-            if pending.snapshot is None:  # no optimizer: weights as they are
-                pending.device["param_norm"] = S.grad_norms(params)
-            else:  # weights before the step; the update is what the step added
-                before = S.grad_norms(pending.snapshot)
-                moved = S.grad_norms(
-                    torch._foreach_sub([p.detach() for p in params], pending.snapshot)
-                )
-                pending.device["param_norm"] = before
-                pending.device["update_ratio"] = moved / before.clamp_min(1e-30)
-        host = S.to_host(pending.device)  # the one sync of this step
-        record = self._record(k, pending, host)
+        self._compute(pending, after_step=True)
+        host = S.to_host(pending.transfer())  # the one sync of this step
+        record = assemble(pending, host, self._statistics)
         if self._guard is not None:
             record.guard_skipped = int(pending.skipped)
             record.guard_skipped_total = self._guard.total
@@ -419,48 +371,6 @@ class Tracker:
             row[self.keys.scalar(K.PARAMS_TABLE)] = self._info.table
             self._info_pending = False
         self.sink.log(row, k)
-
-    # -- the guard ------------------------------------------------------------------------
-
-    def _guard_trips(
-        self, k: int, now: Present, values: list[Tensor], norms: Tensor, total: Tensor
-    ) -> bool:
-        """Whether step ``k``'s gradients hold NaN/Inf; counts it. One host sync (the norm).
-
-        A non-finite norm of finite gradients (a float32 overflow of the squares) is told
-        apart by counting the bad elements, on that step only.
-        """
-        guard = self._guard
-        assert guard is not None
-        culprits: list[str] = []
-        if not math.isfinite(float(total)):  # the guard's sync
-            suspects = S.nonfinite_flags(norms).nonzero().flatten().tolist()
-            counts = S.nonfinite_counts([values[i] for i in suspects])
-            culprits = [
-                self.names[now.index[i]] for i, c in zip(suspects, counts, strict=True) if c
-            ]
-        if not culprits:
-            guard.in_a_row = 0
-            return False
-        if guard.in_a_row == 0:
-            guard.first, guard.culprits = k, {}
-        guard.in_a_row += 1
-        guard.total += 1
-        guard.culprits.update(dict.fromkeys(culprits))
-        return True
-
-    def _drop_grads(self) -> None:
-        """Skip this step: clear every gradient the step would read (``.grad = None``).
-
-        With an optimizer, every parameter it holds (watched or not); without one, every
-        parameter of the model, so the user's own ``optimizer.step()`` skips them.
-        """
-        if self.optimizer is not None:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        else:
-            params = list(self.model.parameters())
-        for p in params:
-            p.grad = None
 
     # -- diagnosis, alerts, the verdict ---------------------------------------------------
 
@@ -540,88 +450,6 @@ class Tracker:
         self.sink.log(skip_row(self._step, self.keys, value), self._step)
         self._step += 1
 
-    def _record(self, k: int, pending: _Pending, host: dict[str, list[float]]) -> StepRecord:
-        names = [self.names[i] for i in pending.now.index]
-        n = len(names)
-        record = StepRecord(step=k, names=names, norm=[], global_norm=host["total"][0])
-        if "stats" in host:
-            stats = host["stats"]
-            numels = [p.numel() for p in pending.now.params]
-            record.norm = stats[:n]
-            record.mean_abs = [a / c for a, c in zip(stats[n : 2 * n], numels, strict=True)]
-            record.max_abs = stats[2 * n :]
-        elif host["nonfinite"][0] or record.global_norm == 0.0:
-            # a bad step: name the culprits even off the per-layer schedule (second sync)
-            record.norm = S.to_host({"norms": pending.norms})["norms"]
-        if record.norm:
-            self._check_norms(record, pending.values)
-        if "coef" in host:
-            record.clip_coef = host["coef"][0]
-            record.clip_rate = host["bites"][0] / (k + 1)
-        if "threshold" in host:
-            record.clip_threshold = host["threshold"][0]
-        record.clip_extras = {
-            key.removeprefix("clip_"): v[0] for key, v in host.items() if key.startswith("clip_")
-        }
-        if "amp_scale" in host:
-            record.amp_scale = host["amp_scale"][0]
-            record.amp_overflow_skip = 0
-        if pending.plan.layers:
-            self._add_stats(record, pending, host)
-        if pending.plan.hist:
-            self._add_hist(record, pending, host)
-        return record
-
-    @staticmethod
-    def _check_norms(record: StepRecord, values: list[Tensor]) -> None:
-        """Second looks, on the rare steps that need one (each costs a pass and a sync).
-
-        A non-finite norm (or max): count the NaN/Inf elements; a float32 overflow of a
-        finite gradient's norm counts none and is recomputed. A norm of 0 may be squares that
-        underflowed (when max|g| is non-zero, or unknown off stats steps): recompute it.
-        """
-        norm, top = record.norm, record.max_abs
-        known = bool(top)
-        bad = [i for i, x in enumerate(norm) if not (_finite(x) and (not known or _finite(top[i])))]
-        counts = dict(zip(bad, S.nonfinite_counts([values[i] for i in bad]), strict=True))
-        for i, c in counts.items():
-            record.nonfinite_elements[record.names[i]] = c
-        record.nonfinite_tensors = sum(1 for c in counts.values() if c)
-        underflow = [i for i, x in enumerate(norm) if x == 0.0 and (not known or top[i] > 0)]
-        redo = underflow + [i for i, c in counts.items() if c == 0]
-        if redo:
-            for i, exact in zip(redo, S.exact_norms([values[i] for i in redo]), strict=True):
-                norm[i] = exact
-            if record.nonfinite_tensors == 0:
-                record.global_norm = math.sqrt(sum(x * x for x in norm))
-
-    def _add_stats(
-        self, record: StepRecord, pending: _Pending, host: dict[str, list[float]]
-    ) -> None:
-        for i, name in enumerate(record.names):
-            record.nonfinite_elements.setdefault(name, 0)
-            record.param_norm[name] = host["param_norm"][i]
-            if "update_ratio" in host:
-                record.update_ratio[name] = host["update_ratio"][i]
-
-    def _add_hist(
-        self, record: StepRecord, pending: _Pending, host: dict[str, list[float]]
-    ) -> None:
-        vb, lb = S.VALUE_BINS, S.LOG10_BINS
-        log_edges = S.log10_edges()
-        for i, (name, p) in enumerate(zip(record.names, pending.now.params, strict=True)):
-            numel = p.numel()
-            implicit_zeros = numel - pending.values[i].numel()  # a sparse gradient's
-            zeros = host["hist_zeros"][i]
-            counts = host["hist_values"][i * vb : (i + 1) * vb]
-            counts[vb // 2] += implicit_zeros  # the bin that holds 0
-            record.value_hist[name] = Histogram(counts, S.value_edges(host["hist_scale"][i]))
-            logs = host["hist_log10"][i * lb : (i + 1) * lb]
-            logs[0] -= zeros
-            logs[-1] -= record.nonfinite_elements[name]
-            record.log10_hist[name] = Histogram(logs, log_edges).trimmed()
-            record.zero_frac[name] = (zeros + implicit_zeros) / numel
-
 
 def _finding_line(finding: Finding) -> str:
     """A finding as one line of the run summary: its message, then its fix."""
@@ -637,6 +465,3 @@ def _alert_text(group: Sequence[Finding]) -> str:
     lines.extend(dict.fromkeys(f.fix for f in group))  # each distinct fix once
     return "\n".join(lines)
 
-
-def _finite(x: float) -> bool:
-    return x == x and x not in (float("inf"), float("-inf"))

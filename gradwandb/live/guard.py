@@ -1,0 +1,94 @@
+"""The non-finite guard: skip an optimizer step whose gradients hold NaN/Inf, weights untouched.
+
+Cost model: the guard must know on the host, before the optimizer reads the gradients,
+whether they are finite, so with it on *every* step computes the norms (one pass on the
+device, as clipping does) and reads the global norm back (one sync, before the optimizer
+step). Only when that norm is not finite does a second pass count the bad elements (that step
+only), which also tells a NaN/Inf from a float32 overflow of finite squares.
+
+A bad step is skipped by setting every ``.grad`` the optimizer holds to None: torch optimizers
+skip a parameter with no gradient entirely, so weights, moments, step counts and weight decay
+stay as they were.
+
+>>> guard = Guard(stop_after=2)
+>>> guard.count(5, ["fc.weight"]), guard.stop_message(5) is None
+(True, True)
+>>> guard.count(6, ["fc.weight"]), guard.stop_message(6)[:45]
+(True, 'gradwandb: 2 optimizer steps in a row had NaN')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from gradwandb.live.stats import kernels as S
+
+
+@dataclass
+class Guard:
+    """What the guard skipped, and after how many bad steps in a row to stop."""
+
+    stop_after: int | None  # None: skip bad steps and never stop
+    total: int = 0  # steps skipped so far
+    in_a_row: int = 0  # bad steps since the last finite one
+    first: int = 0  # the first step of the current run of bad ones
+    culprits: dict[str, None] = field(default_factory=dict)  # their layers, in order
+
+    def trips(self, step: int, names: Sequence[str], values: Sequence[Tensor], norms: Tensor) -> bool:
+        """Whether step ``step``'s gradients hold NaN/Inf; counts it. One host sync.
+
+        ``values`` are the gradients (dense values) named by ``names``, ``norms`` their norms.
+        """
+        culprits: list[str] = []
+        if not math.isfinite(float(S.global_norm(norms))):  # the guard's sync
+            suspects = S.nonfinite_flags(norms).nonzero().flatten().tolist()
+            counts = S.nonfinite_counts([values[i] for i in suspects])
+            culprits = [names[i] for i, c in zip(suspects, counts, strict=True) if c]
+        return self.count(step, culprits)
+
+    def count(self, step: int, culprits: Sequence[str]) -> bool:
+        """Record step ``step``'s NaN/Inf layers (none: a good step); True when it is bad."""
+        if not culprits:
+            self.in_a_row = 0
+            return False
+        if self.in_a_row == 0:
+            self.first, self.culprits = step, {}
+        self.in_a_row += 1
+        self.total += 1
+        self.culprits.update(dict.fromkeys(culprits))
+        return True
+
+    def stop_message(self, step: int) -> str | None:
+        """Why to stop after bad step ``step``, or None to go on."""
+        if self.stop_after is None or self.in_a_row < self.stop_after:
+            return None
+        names = list(self.culprits)
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        span = f"step {step}" if self.first == step else f"steps {self.first}-{step}"
+        return (
+            f"gradwandb: {self.in_a_row} optimizer steps in a row had NaN/Inf gradients "
+            f"({span}, guard={self.stop_after}), in: {shown}. Each was skipped, so the weights "
+            f"and optimizer state are those from before step {self.first}. Look for what "
+            "overflows in those layers (log or division near 0, a too high learning rate, "
+            "fp16 without a GradScaler); lower the learning rate or clip (clip=1.0), resume "
+            "from a checkpoint, or pass guard=True to skip bad steps without stopping"
+        )
+
+
+def drop_grads(optimizer: torch.optim.Optimizer | None, model: nn.Module) -> None:
+    """Skip this step: clear every gradient the step would read (``.grad = None``).
+
+    With an optimizer, every parameter it holds (watched or not); without one, every
+    parameter of the model, so the user's own ``optimizer.step()`` skips them.
+    """
+    if optimizer is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+    else:
+        params = list(model.parameters())
+    for p in params:
+        p.grad = None

@@ -1,0 +1,128 @@
+"""The built-in statistics, written as :class:`~gradwandb.Statistic` s like a user's own.
+
+In the order the tracker runs them (a statistic may read what an earlier one put in the
+record): per-layer L2 norm, mean and max abs(g); the second look at non-finite and
+underflowed norms (no device work of its own; on bad steps only it makes a pass and a sync);
+weight norm; update ratio (after the optimizer step); histograms.
+
+On a per-layer step the tracker takes the norms from the fused L2/L1/max pass
+(:func:`magnitudes`), so the three per-layer statistics cost one pass together.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from gradwandb import keys as K
+from gradwandb.live.record import StepRecord
+from gradwandb.live.sinks import Histogram
+from gradwandb.live.stats import kernels as S
+from gradwandb.live.stats.statistic import GradientView, Statistic
+
+MAGNITUDES = "magnitudes"  # the view's cache: the [3, n] L2, L1, max matrix of a per-layer step
+
+
+def magnitudes(view: GradientView) -> Tensor:
+    """The step's [3, n] matrix of L2 norm, sum abs(g) and max abs(g), computed once."""
+    matrix: Tensor = view.cached(MAGNITUDES, lambda: S.grad_stats(view.grads))
+    return matrix
+
+
+def _mean_abs(values: list[float], view: GradientView, record: StepRecord) -> None:
+    record.put(K.GRAD_MEAN_ABS, [v / n for v, n in zip(values, view.numels, strict=True)])
+
+
+def _second_look(values: list[float], view: GradientView, record: StepRecord) -> None:
+    """Name the culprits of a bad step, and correct norms that under- or overflowed.
+
+    Off the per-layer schedule the norms are not on the host: a step with a NaN/Inf or a
+    vanished global norm fetches them (a second sync, bad steps only). A non-finite norm (or
+    max) gets its NaN/Inf elements counted; a float32 overflow of a finite gradient's norm
+    counts none and is recomputed, like a norm of 0 whose max abs(g) is not 0 (squares that
+    underflowed).
+    """
+    if not record.norm and (record.nonfinite_tensors or record.global_norm == 0.0):
+        record.put(K.GRAD_NORM, S.to_host({"norms": view.norms})["norms"])
+    if record.norm:
+        _check_norms(record, view.grads)
+    if "layers" in view.tiers:
+        for name in record.names:
+            record.nonfinite_elements.setdefault(name, 0)
+
+
+def _check_norms(record: StepRecord, values: list[Tensor]) -> None:
+    norm, top = record.norm, record.max_abs
+    known = bool(top)
+    bad = [i for i, x in enumerate(norm) if not (_finite(x) and (not known or _finite(top[i])))]
+    counts = dict(zip(bad, S.nonfinite_counts([values[i] for i in bad]), strict=True))
+    for i, c in counts.items():
+        record.nonfinite_elements[record.names[i]] = c
+    record.nonfinite_tensors = sum(1 for c in counts.values() if c)
+    underflow = [i for i, x in enumerate(norm) if x == 0.0 and (not known or top[i] > 0)]
+    redo = underflow + [i for i, c in counts.items() if c == 0]
+    if redo:
+        for i, exact in zip(redo, S.exact_norms([values[i] for i in redo]), strict=True):
+            norm[i] = exact
+        if record.nonfinite_tensors == 0:
+            record.global_norm = math.sqrt(sum(x * x for x in norm))
+
+
+def _update_ratio(view: GradientView) -> Tensor | None:
+    if view.snapshot is None:  # no optimizer: no update to measure
+        return None
+    before = S.grad_norms(view.snapshot)
+    moved = S.grad_norms(torch._foreach_sub([p.detach() for p in view.params], view.snapshot))
+    ratio: Tensor = moved / before.clamp_min(1e-30)
+    return ratio
+
+
+def _histograms(view: GradientView) -> Tensor:
+    """Values and magnitude histograms of every tensor, flat in one device vector."""
+    h = S.histograms(view.grads, magnitudes(view)[S.MAX_ABS])
+    return torch.cat([h.values.reshape(-1), h.scale, h.log10.reshape(-1), h.zeros])
+
+
+def _read_histograms(values: list[float], view: GradientView, record: StepRecord) -> None:
+    n, vb, lb = len(view.names), S.VALUE_BINS, S.LOG10_BINS
+    value_counts, rest = values[: n * vb], values[n * vb :]
+    scales, log_counts, zero_counts = rest[:n], rest[n : n + n * lb], rest[n + n * lb :]
+    log_edges = S.log10_edges()
+    for i, name in enumerate(view.names):
+        numel = view.numels[i]
+        implicit_zeros = numel - view.grads[i].numel()  # a sparse gradient's
+        counts = value_counts[i * vb : (i + 1) * vb]
+        counts[vb // 2] += implicit_zeros  # the bin that holds 0
+        record.value_hist[name] = Histogram(counts, S.value_edges(scales[i]))
+        logs = log_counts[i * lb : (i + 1) * lb]
+        logs[0] -= zero_counts[i]
+        logs[-1] -= record.nonfinite_elements.get(name, 0)
+        record.log10_hist[name] = Histogram(logs, log_edges).trimmed()
+        record.zero_frac[name] = (zero_counts[i] + implicit_zeros) / numel
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+GRAD_NORM = Statistic(K.GRAD_NORM, lambda v: v.norms)
+GRAD_MEAN_ABS = Statistic(K.GRAD_MEAN_ABS, lambda v: magnitudes(v)[S.L1_SUM], finalize=_mean_abs)
+GRAD_MAX_ABS = Statistic(K.GRAD_MAX_ABS, lambda v: magnitudes(v)[S.MAX_ABS])
+GRAD_NONFINITE = Statistic(K.GRAD_NONFINITE, None, tier="log", finalize=_second_look)
+PARAM_NORM = Statistic(K.PARAM_NORM, lambda v: S.grad_norms([p.detach() for p in v.params]))
+UPDATE_RATIO = Statistic(K.UPDATE_RATIO, _update_ratio, after_step=True)
+GRAD_HIST = Statistic(K.GRAD_HIST, _histograms, tier="hist", finalize=_read_histograms)
+
+BUILTIN: tuple[Statistic, ...] = (
+    GRAD_NORM,
+    GRAD_MEAN_ABS,
+    GRAD_MAX_ABS,
+    GRAD_NONFINITE,
+    PARAM_NORM,
+    UPDATE_RATIO,
+    GRAD_HIST,
+)
+# Families the built-ins write besides their own names (the histogram statistic's).
+EXTRA_FAMILIES = (K.GRAD_LOG10_HIST, K.GRAD_ZERO_FRAC)
