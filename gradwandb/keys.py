@@ -46,8 +46,8 @@ ParsedKey(family='grad_norm', tag='critic', subject='0.weight', statistic='grad_
 True
 
 Guarantee: two distinct ``(family, tag, subject, statistic, weight, gate)`` never make the same
-key (tags are None or non-empty; an empty tag means no tag). Statistic and family names are
-fixed tokens of letters, digits and ``_`` (see :func:`register_family`).
+key (tags and gates are None or non-empty; an empty one means none). Statistic and family
+names are fixed tokens of letters, digits and ``_`` (see :func:`register_family`).
 
 Extending: a user-defined statistic logs its per-parameter values as
 ``<statistic name>/<param>``, like ``grad_norm``, and a per-run value as
@@ -211,7 +211,7 @@ def unescape(segment: str) -> str:
 
 
 def _gate_segment(gate: str | None) -> str:
-    if gate is None:
+    if not gate:  # None or empty: a block with no gates
         return NO_GATE
     if gate == NO_GATE:  # a gate really called "all" must not read as "no gate"
         return "%61" + gate[1:]
