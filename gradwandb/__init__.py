@@ -10,12 +10,14 @@ from gradwandb.live.clip.adaptive import PercentileClip, UnitwiseClip, ValueClip
 from gradwandb.live.clip.policy import ClipPolicy, ClipResult, NormClip
 from gradwandb.live.diagnosis import Diagnosis, Finding, Thresholds
 from gradwandb.live.monitors.activations import ActivationMonitor
+from gradwandb.live.monitors.charts import ChartObserver
 from gradwandb.live.monitors.through_time import BPTTMonitor
 from gradwandb.live.record import StepRecord
+from gradwandb.live.shield import StopTraining
 from gradwandb.live.sinks import Histogram, Image, MemorySink, Sink, Table
-from gradwandb.live.tracker import StopTraining, Tracker
+from gradwandb.live.stats.statistic import GradientView, Statistic
+from gradwandb.live.tracker import Tracker
 from gradwandb.live.watching import unwatch, watch
-from gradwandb.plots.charts import ChartObserver
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,7 @@ __all__ = [
     "ClipResult",
     "Diagnosis",
     "Finding",
+    "GradientView",
     "Histogram",
     "Image",
     "Keys",
@@ -34,6 +37,7 @@ __all__ = [
     "NormClip",
     "PercentileClip",
     "Sink",
+    "Statistic",
     "StepRecord",
     "StopTraining",
     "Table",

@@ -39,7 +39,9 @@ class Guard:
     first: int = 0  # the first step of the current run of bad ones
     culprits: dict[str, None] = field(default_factory=dict)  # their layers, in order
 
-    def trips(self, step: int, names: Sequence[str], values: Sequence[Tensor], norms: Tensor) -> bool:
+    def trips(
+        self, step: int, names: Sequence[str], values: Sequence[Tensor], norms: Tensor
+    ) -> bool:
         """Whether step ``step``'s gradients hold NaN/Inf; counts it. One host sync.
 
         ``values`` are the gradients (dense values) named by ``names``, ``norms`` their norms.

@@ -2,7 +2,7 @@
 
 Per step: capture (the heartbeat) -> statistics on the device -> the non-finite guard and
 clipping, reusing the same norm vector -> one host transfer ->
-:class:`~gradwandb.live.record.StepRecord` -> observers (diagnosis first) -> alerts and the sink.
+:class:`~gradwandb.live.record.StepRecord` -> observers (monitors, diagnosis, reports) -> the sink.
 
 Cost model. A step on which nothing is scheduled and no clipping is set costs a counter
 increment. With clipping, the norms and the in-place scale run on the device with no host
@@ -43,7 +43,7 @@ from gradwandb.keys import Keys
 from gradwandb.live.assembly import Pending, Plan, assemble
 from gradwandb.live.capture import BackwardEnd, HookSet, on_optimizer_step, wrap_method
 from gradwandb.live.clip.policy import ClipPolicy
-from gradwandb.live.diagnosis import Diagnoser, Diagnosis, Finding
+from gradwandb.live.diagnosis.findings import Diagnosis
 from gradwandb.live.guard import Guard, drop_grads
 from gradwandb.live.record import StepRecord, skip_row, to_row
 from gradwandb.live.schedules import Schedule
@@ -55,18 +55,6 @@ from gradwandb.live.stats.builtin import BUILTIN, MAGNITUDES
 from gradwandb.live.stats.statistic import GradientView, Statistic
 
 Observer = Callable[[StepRecord], "Mapping[str, Value] | None"]
-
-
-# Findings worth interrupting someone for, and the W&B alert level of each.
-ALERT_LEVELS = {"nonfinite": "ERROR", "exploding": "ERROR", "vanishing": "WARN", "flow": "WARN"}
-ALERT_TITLES = {
-    "nonfinite": "NaN/Inf gradients",
-    "exploding": "exploding gradients",
-    "vanishing": "vanishing gradients",
-    "flow": "gradient flow blocked",
-}
-MAX_ALERTS_PER_KIND = 3  # per tracker; each alert groups a step's new layers of one kind
-_ALERT_LINES = 5  # findings spelled out in one alert's text; the rest are counted
 
 
 class Tracker:
@@ -91,8 +79,7 @@ class Tracker:
         clip: ClipPolicy | None,
         scaler: Any | None,
         info: ParameterInfo,
-        diagnoser: Diagnoser | None = None,
-        alerts: bool = False,
+        diagnosis: Callable[[], Diagnosis] | None = None,
         guard: bool | int = False,
         statistics: Sequence[Statistic] = BUILTIN,
     ) -> None:
@@ -120,11 +107,8 @@ class Tracker:
         self._backward_end: BackwardEnd | None = None
         self._running: str | None = None  # name of the hook now executing, if any
         self._info_pending = True
-        self._diagnoser = diagnoser
-        self._verdict_due = False  # the diagnoser saw a step whose verdict is not written yet
-        self._alerts = alerts and diagnoser is not None
-        self._alerted: set[tuple[str, str | None]] = set()  # (kind, layer) already alerted
-        self._alerts_sent: dict[str, int] = {}  # per kind
+        self._diagnosis = diagnosis  # the diagnosis observer's, when diagnosing
+        self._finished = False  # the observers' finish() was called
         self._guard = Guard(None if guard is True else int(guard)) if guard else None
         self._stop: str | None = None  # raised as StopTraining once the running hook is done
 
@@ -155,8 +139,6 @@ class Tracker:
             )
         if scaler is not None:
             wrap_method(self._hooks, scaler, "step", self._scaler_step)
-        if diagnoser is not None:
-            self.add_observer(self._diagnose)
         on_finish = getattr(sink, "on_finish", None)
         if callable(on_finish):
             on_finish(self._sink_finished)
@@ -178,7 +160,9 @@ class Tracker:
 
         Healthy and empty when diagnosis is off (``diagnose=False``) or nothing was logged.
         """
-        return (self._diagnoser or Diagnoser()).diagnosis()
+        if self._diagnosis is None:
+            return Diagnosis("healthy", ())
+        return self._diagnosis()
 
     def add_observer(self, observer: Observer) -> None:
         """Call ``observer(record)`` with the :class:`StepRecord` of every logged step.
@@ -192,18 +176,14 @@ class Tracker:
         self._hooks.on_remove(undo)
 
     def remove(self) -> None:
-        """Take every hook out, write the verdict into the run summary, stop logging.
+        """Take every hook out, finish the observers (diagnosis writes the verdict into the run
+        summary), stop logging.
 
         Safe to call twice.
         """
         self._active = False
         self._hooks.remove()
-        try:
-            if self._verdict_due and self.sink.alive():
-                self._write_verdict()
-        except Exception as exc:  # a sink failing at the end must not break the user's code
-            self._fail(exc)
-        self._verdict_due = False
+        self._finish_observers()
         self.sink.close()
         from gradwandb.live.watching import _forget
 
@@ -254,16 +234,11 @@ class Tracker:
         self._hooks.remove(keep=self._running)
 
     def _sink_finished(self) -> None:
-        """The run is closing: write the verdict, then stop before anything else is logged.
+        """The run is closing: finish the observers, then stop before anything else is logged.
 
         Runs inside W&B's ``finish()``, so nothing may escape from here.
         """
-        try:
-            if self._verdict_due:
-                self._write_verdict()
-        except Exception as exc:
-            self._fail(exc)
-        self._verdict_due = False
+        self._finish_observers()
         try:
             self._detach()
         except Exception as exc:
@@ -361,70 +336,27 @@ class Tracker:
         row = to_row(record, self.keys)
         for observer in self._observers:
             row.update(observer(record) or {})
-        if self._diagnoser is not None:  # findings observers made (through time) this step
-            late = self._diagnoser.flush()
-            if late:
-                if self._alerts:
-                    self._alert(late)
-                self._write_verdict()
         if self._info_pending:
             row[self.keys.scalar(K.PARAMS_TABLE)] = self._info.table
             self._info_pending = False
         self.sink.log(row, k)
 
-    # -- diagnosis, alerts, the verdict ---------------------------------------------------
+    # -- the end ---------------------------------------------------------------------------
 
-    def _diagnose(self, record: StepRecord) -> dict[str, Value]:
-        """The diagnosis observer: feed the record, alert on new findings, return the signals."""
-        assert self._diagnoser is not None
-        new = self._diagnoser.update(record)
-        self._verdict_due = True
-        if new:
-            if self._alerts:
-                self._alert(new)
-            self._write_verdict()  # now too, in case the run never finishes cleanly
-        return {self.keys.scalar(key): v for key, v in self._diagnoser.health().items()}
-
-    def _alert(self, findings: Sequence[Finding]) -> None:
-        """One alert per kind among ``findings``, for the layers not alerted on before.
-
-        At most :data:`MAX_ALERTS_PER_KIND` per kind; a failing alert switches alerts off
-        (with a warning) and nothing else.
-        """
-        groups: dict[str, list[Finding]] = {}
-        for f in findings:
-            if f.severity != "error" or f.kind not in ALERT_LEVELS:
-                continue  # warnings (spikes, dead or vanishing biases) do not page anyone
-            if (f.kind, f.layer) not in self._alerted:
-                self._alerted.add((f.kind, f.layer))
-                groups.setdefault(f.kind, []).append(f)
-        for kind, group in groups.items():
-            if self._alerts_sent.get(kind, 0) >= MAX_ALERTS_PER_KIND:
+    def _finish_observers(self) -> None:
+        """Call ``finish()`` on every observer that has one, once (the tracker was removed or
+        the run is finishing); an error there is reported and does not escape."""
+        if self._finished:
+            return
+        self._finished = True
+        for observer in self._observers:
+            finish = getattr(observer, "finish", None)
+            if not callable(finish):
                 continue
-            self._alerts_sent[kind] = self._alerts_sent.get(kind, 0) + 1
-            tag = f" ({self.keys.tag})" if self.keys.tag else ""
-            title = f"gradwandb: {ALERT_TITLES[kind]}{tag}"[:63]  # W&B: under 64 characters
             try:
-                self.sink.alert(title, _alert_text(group), ALERT_LEVELS[kind])
-            except Exception as exc:
-                self._alerts = False
-                warnings.warn(
-                    f"gradwandb: sending an alert failed ({type(exc).__name__}: {exc}); "
-                    "alerts are switched off, logging and training go on",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                return
-
-    def _write_verdict(self) -> None:
-        """Put the verdict and the findings (each with its fix) into the run summary."""
-        diagnosis = self.diagnosis()
-        self.sink.summary(
-            {
-                self.keys.scalar(K.VERDICT): diagnosis.verdict,
-                self.keys.scalar(K.FINDINGS): [_finding_line(f) for f in diagnosis.findings],
-            }
-        )
+                finish()
+            except Exception as exc:  # a sink failing at the end must not break the user's code
+                self._fail(exc)
 
     def _whole_step(self) -> None:
         """Fallback heartbeat (no optimizer): the end of a backward pass."""
@@ -449,19 +381,3 @@ class Tracker:
         value = float(scale) if isinstance(scale, Tensor) else None
         self.sink.log(skip_row(self._step, self.keys, value), self._step)
         self._step += 1
-
-
-def _finding_line(finding: Finding) -> str:
-    """A finding as one line of the run summary: its message, then its fix."""
-    return f"{finding.message}; {finding.fix}"
-
-
-def _alert_text(group: Sequence[Finding]) -> str:
-    """The body of one alert: the findings (a few spelled out, the rest named) and the fixes."""
-    lines = [f.message for f in group[:_ALERT_LINES]]
-    rest = [f.layer or "the whole model" for f in group[_ALERT_LINES:]]
-    if rest:
-        lines.append(f"... and {len(rest)} more: {', '.join(rest[:20])}")
-    lines.extend(dict.fromkeys(f.fix for f in group))  # each distinct fix once
-    return "\n".join(lines)
-

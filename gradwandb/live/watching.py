@@ -16,22 +16,26 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from gradwandb import keys as K
 from gradwandb.keys import Keys
 from gradwandb.live.clip.policy import ClipPolicy, as_policy
-from gradwandb.live.diagnosis import Diagnoser, Thresholds
-from gradwandb.live.monitors.activations import SATURATED_FRAC, ActivationMonitor
-from gradwandb.live.monitors.through_time import BPTTMonitor, RecurrentSummary
+from gradwandb.live.diagnosis import DiagnosisObserver, Thresholds
+from gradwandb.live.monitors.activations import ActivationMonitor
+from gradwandb.live.monitors.charts import ChartObserver
+from gradwandb.live.monitors.through_time import BPTTMonitor
 from gradwandb.live.schedules import ScheduleLike, as_schedule
 from gradwandb.live.selection import ParamFilter, check_optimizer, parameter_info, select_parameters
+from gradwandb.live.settings import describe
 from gradwandb.live.sinks import Sink
+from gradwandb.live.stats.builtin import BUILTIN, RESERVED
+from gradwandb.live.stats.statistic import Statistic, check_statistics
 from gradwandb.live.tracker import Tracker
-from gradwandb.plots.charts import ChartObserver
 
 _TRACKERS: weakref.WeakKeyDictionary[nn.Module, Tracker] = weakref.WeakKeyDictionary()
 # Per destination (a W&B run id, or a sink's identity): the tag each watched model got, so a
@@ -65,6 +69,7 @@ def watch(
     bptt_modules: Sequence[str] | None = None,
     charts: bool = False,
     activations_every: ScheduleLike | None = None,
+    statistics: Sequence[Statistic] | None = None,
 ) -> Tracker:
     """Watch ``model``'s gradients and log them to W&B at every optimizer step.
 
@@ -106,6 +111,8 @@ def watch(
         activations_every: log activation health (``act/...``: saturated, dead and zero
             fractions, mean and std of every nn.Tanh, nn.Sigmoid, nn.ReLU, nn.LeakyReLU,
             nn.GELU and recurrent output) every this many steps; None (default): off.
+        statistics: statistics of your own (:class:`gradwandb.Statistic`), computed and
+            logged like the built-ins, in the same host transfer.
         charts: also log a gradient-flow chart (every 100 steps) and a layer x step heatmap
             of gradient norms (every 500) as images under ``charts/...``.
 
@@ -113,6 +120,7 @@ def watch(
         The :class:`Tracker`; a context manager, or call ``.remove()``.
     """
     named = select_parameters(model, params)
+    own = check_statistics(statistics, RESERVED)
     if optimizer is not None:
         check_optimizer(optimizer, named)
     log_schedule = as_schedule("log_every", log_every)
@@ -141,8 +149,12 @@ def watch(
     previous = _TRACKERS.get(model)
     if previous is not None:
         previous.remove()  # watching again replaces the old hooks, never doubles them
-    diagnoser = (
-        Diagnoser(thresholds, _layer_types(model, [n for n, _ in named])) if diagnosing else None
+    diagnosis = (
+        DiagnosisObserver(
+            sink, keys, thresholds, _layer_types(model, [n for n, _ in named]), alerts=alerts
+        )
+        if diagnosing
+        else None
     )
     tracker = Tracker(
         model,
@@ -156,9 +168,31 @@ def watch(
         clip=policy,
         scaler=scaler,
         info=parameter_info(model, [n for n, _ in named]),
-        diagnoser=diagnoser,
-        alerts=alerts,
+        diagnosis=None if diagnosis is None else diagnosis.diagnosis,
         guard=guard,
+        statistics=(*BUILTIN, *own),
+    )
+    sink.summary(
+        {
+            keys.scalar(K.SETTINGS): describe(
+                optimizer=type(optimizer).__name__ if optimizer is not None else None,
+                log_every=log_every,
+                layers_every=layers_every,
+                hist_every=hist_every,
+                clip=policy,
+                params=params,
+                scaler=scaler is not None,
+                tag=keys.tag,
+                diagnose=diagnosing,
+                alerts=alerts,
+                guard=guard,
+                bptt_every=bptt_every,
+                bptt_modules=bptt_modules,
+                activations_every=activations_every,
+                charts=charts,
+                statistics=[st.name for st in own],
+            )
+        }
     )
     activations: ActivationMonitor | None = None
     if activations_every is not None:  # before BPTT: its saturation feeds the rules in time
@@ -175,32 +209,15 @@ def watch(
             modules=bptt_modules,
             keys=keys,
             clock=lambda: tracker.step,
-            on_summary=_recurrent_rules(diagnoser, activations),
         )
         tracker.add_observer(monitor.attach())
         tracker.on_remove(monitor.remove)
+    if diagnosis is not None:  # a JUDGE: it reads what the monitors put in the record
+        tracker.add_observer(diagnosis)
     if charts:
         tracker.add_observer(ChartObserver(keys=keys))
     _TRACKERS[model] = tracker
     return tracker
-
-
-def _recurrent_rules(
-    diagnoser: Diagnoser | None, activations: ActivationMonitor | None
-) -> Callable[[int, str, str, RecurrentSummary], object] | None:
-    """The BPTT monitor's ``on_summary``: the diagnosis rules through time, with the module's
-    latest saturated fraction when activation health is on."""
-    if diagnoser is None:
-        return None
-    if activations is None:
-        return diagnoser.observe_recurrent
-    watcher = activations
-
-    def observe(step: int, module: str, module_type: str, summary: RecurrentSummary) -> object:
-        saturated = watcher.latest(module, SATURATED_FRAC)
-        return diagnoser.observe_recurrent(step, module, module_type, summary, saturated=saturated)
-
-    return observe
 
 
 def _layer_types(model: nn.Module, names: Sequence[str]) -> Mapping[str, str]:

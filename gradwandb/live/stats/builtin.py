@@ -124,5 +124,12 @@ BUILTIN: tuple[Statistic, ...] = (
     UPDATE_RATIO,
     GRAD_HIST,
 )
-# Families the built-ins write besides their own names (the histogram statistic's).
-EXTRA_FAMILIES = (K.GRAD_LOG10_HIST, K.GRAD_ZERO_FRAC)
+# Names a statistic of the user's may not take: every built-in family, and the run-level
+# scalars under grad/ (a statistic with one value per run is logged as grad/<name>).
+RESERVED = (
+    *K.PARAM_FAMILIES,
+    *(key.removeprefix("grad/") for key in (K.GLOBAL_NORM, K.CLIP_COEF, K.CLIP_RATE)),
+    *(key.removeprefix("grad/") for key in (K.CLIP_THRESHOLD, K.NONFINITE)),
+    "clip_zscore",
+    "clip_unit_frac",
+)
