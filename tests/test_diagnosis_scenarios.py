@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import gradwandb
-from gradwandb.live.diagnosis import Thresholds
+from gradwandb.keys import FINDING_FIELDS
+from gradwandb.live.diagnosis import Finding, Thresholds
 from gradwandb.live.sinks import MemorySink
-from gradwandb.live.tracker import MAX_ALERTS_PER_KIND
+from gradwandb.live.alerts import MAX_ALERTS_PER_KIND
 from tests.conftest import read_back
 
 Batch = tuple[Tensor, Tensor]
@@ -236,8 +237,9 @@ def test_deep_sigmoid_mlp_with_tiny_init_is_vanishing_in_its_early_layers() -> N
     tracker.remove()
     assert sink.summaries["gradwandb/verdict"] == "vanishing"
     findings = sink.summaries["gradwandb/findings"]
-    assert len(findings) == len(diagnosis.findings)
-    assert all("; try:" in line for line in findings)
+    assert findings == [f.to_record() for f in diagnosis.findings]  # records, not lines
+    assert all(list(r) == list(FINDING_FIELDS) for r in findings)
+    assert all(r["fix"].startswith("try: ") and r["fix"].count("try:") == 1 for r in findings)
 
 
 def test_deep_linear_net_with_large_init_is_exploding() -> None:
@@ -641,8 +643,18 @@ def test_alerts_and_verdict_read_back_from_a_wandb_run(wandb_run: Callable[..., 
     ]
     assert "'2.bias'" in log.alerts[0]["text"] and "try:" in log.alerts[0]["text"]
     assert log.summary["gradwandb/verdict"] == "nonfinite"
-    (line,) = log.summary["gradwandb/findings"]
-    assert f"step {k}" in line and "'2.bias'" in line and "; try:" in line
+    (record,) = log.summary["gradwandb/findings"]
+    assert set(record) == set(FINDING_FIELDS)
+    finding = Finding.from_record(record)
+    assert finding == tracker.diagnosis().findings[0]
+    assert (finding.kind, finding.severity, finding.layer, finding.step) == (
+        "nonfinite",
+        "error",
+        "2.bias",
+        k,
+    )
+    assert f"step {k}" in finding.message and finding.fix.startswith("try: ")
+    assert "guard=True" not in finding.fix  # the guard is on already
     assert [v for _, v in log.series("guard/skipped")] == [0, 0, 0, 1, 0, 0]
     assert [v for _, v in log.series("health/nonfinite")] == [0, 0, 0, 1, 0, 0]
     assert [s for s, _ in log.series("loss")] == list(range(6))  # one row per step, as before
