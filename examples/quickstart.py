@@ -1,13 +1,16 @@
 """Quickstart: watch a model's gradients on W&B with one line.
 
-    python examples/quickstart.py
+    python examples/quickstart.py            # offline: no W&B account needed
+    python examples/quickstart.py --online   # log in and upload live (or set WANDB_MODE)
 
 A small MLP learns which quadrant pair a 2-D point lies in. ``gradwandb.watch`` logs the
 global gradient norm, per-layer norms, histograms and clipping at every optimizer step into
-the same rows as the loss. W&B runs offline unless WANDB_MODE says otherwise, so no account
-is needed. GRADWANDB_EXAMPLE_STEPS sets the number of steps (default 300).
+the same rows as the loss. Like ``gradwandb demo``, it logs offline unless ``--online`` is
+given or ``WANDB_MODE`` is set: a plain ``wandb.init()`` with no API key configured fails with
+"No API key configured". GRADWANDB_EXAMPLE_STEPS sets the number of steps (default 300).
 """
 
+import argparse
 import os
 
 import torch
@@ -18,8 +21,14 @@ import gradwandb
 
 
 def main() -> None:
-    os.environ.setdefault("WANDB_MODE", "offline")  # log locally unless told otherwise
-    if os.environ["WANDB_MODE"] == "offline":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--online", action="store_true", help="let W&B decide the mode instead of offline"
+    )
+    args = parser.parse_args()
+    if not args.online:
+        os.environ.setdefault("WANDB_MODE", "offline")  # log locally unless told otherwise
+    if os.environ.get("WANDB_MODE") == "offline":
         os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # no error reports to send
     steps = int(os.environ.get("GRADWANDB_EXAMPLE_STEPS", "300"))
     torch.manual_seed(0)
