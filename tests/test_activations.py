@@ -10,9 +10,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_sequence
 
 import gradwandb
-from gradwandb.keys import Keys
-from gradwandb.live.monitors.activations import ActivationMonitor, act_key, kind_of
-from gradwandb.live.record import StepRecord
+from gradwandb.keys import Keys, act_key
+from gradwandb.live.monitors.activations import ActivationMonitor, kind_of
+from gradwandb.live.record import FILL, StepRecord
 from gradwandb.live.sinks import Value
 
 Row = dict[str, Value]
@@ -291,7 +291,9 @@ def test_internal_error_is_reported_once_and_switches_off(
 
     monkeypatch.setattr(monitor._taps[0], "add", broken)
     x = torch.randn(2, 5, dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match="boom"):
+    with pytest.warns(
+        RuntimeWarning, match="ActivationMonitor: internal error.*boom.*switched off"
+    ):
         model(x)
     model(x).sum().backward()  # training goes on, no second warning
     assert monitor(_record(0)) is None
@@ -377,3 +379,28 @@ def test_watch_logs_activation_health_when_asked() -> None:
     assert rows[2]["act/1/mean"] == pytest.approx(hidden[2].mean().item(), rel=1e-5)
     assert "act/1/saturated_frac" in rows[0] and "act/1/saturated_frac" in rows[2]
     assert not any(k.startswith("act/") for k in rows[1])
+
+
+def test_the_record_gets_the_measures_of_the_modules_reported() -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh()).double()
+    monitor = ActivationMonitor(model, every=1).attach()
+    assert monitor.stage == FILL  # before the diagnosis, which reads the record
+    model(torch.randn(6, 2, dtype=torch.float64)).sum().backward()
+    record = _record(0)
+    row = monitor(record)
+    assert row is not None
+    assert sorted(record.activations) == ["1", "3"]
+    assert record.module_types == {"1": "ReLU", "3": "Tanh"}
+    for name, measures in record.activations.items():
+        assert measures == {stat: row[act_key(Keys(), name, stat)] for stat in measures}
+    assert sorted(record.activations["1"]) == ["dead_frac", "mean", "std", "zero_frac"]
+    assert sorted(record.activations["3"]) == ["mean", "saturated_frac", "std", "zero_frac"]
+    assert monitor.latest("3", "saturated_frac") == record.activations["3"]["saturated_frac"]
+    with torch.no_grad():  # step 1: no forward with autograd on, nothing measured
+        model(torch.randn(6, 2, dtype=torch.float64))
+    quiet = _record(1)
+    assert monitor(quiet) is None
+    assert quiet.activations == {} and quiet.module_types == {}
+    assert monitor.latest("3", "saturated_frac") is not None  # the last step reported
+    monitor.remove()

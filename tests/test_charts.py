@@ -17,19 +17,13 @@ from torch import nn
 from torch.nn import functional as F
 
 import gradwandb
-from gradwandb.keys import Keys
-from gradwandb.live.record import StepRecord
+from gradwandb.keys import CHART_FLOW, CHART_HEATMAP, Keys
+from gradwandb.live.monitors import charts as observer_charts
+from gradwandb.live.monitors.charts import ChartObserver
+from gradwandb.live.record import REPORT, StepRecord
 from gradwandb.live.sinks import Image, MemorySink
 from gradwandb.plots import charts as charts
-from gradwandb.plots.charts import (
-    CHART_FLOW,
-    CHART_HEATMAP,
-    ChartObserver,
-    _flow_figure,
-    _heatmap_figure,
-    flow_chart,
-    norm_heatmap,
-)
+from gradwandb.plots.charts import _flow_figure, _heatmap_figure, norm_heatmap, timestep_heatmap
 from tests.conftest import read_back
 
 NAMES = ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight"]
@@ -50,6 +44,19 @@ def _record(step: int = 7, mean: list[float] = MEAN, top: list[float] = MAX) -> 
     norm = [m * 10 for m in mean]
     return StepRecord(
         step=step, names=list(NAMES), norm=norm, global_norm=1.0, mean_abs=mean, max_abs=top
+    )
+
+
+def flow_chart(record: StepRecord, *, biases: bool = False) -> bytes:
+    """The flow chart of a record's arrays, as the observer draws it."""
+    return charts.flow_chart(
+        record.names, record.mean_abs, record.max_abs, step=record.step, biases=biases
+    )
+
+
+def _flow(record: StepRecord, *, biases: bool = False) -> Any:
+    return _flow_figure(
+        record.names, record.mean_abs, record.max_abs, step=record.step, biases=biases
     )
 
 
@@ -98,7 +105,7 @@ def test_flow_chart_is_a_png_of_sensible_size() -> None:
 
 
 def test_flow_bars_are_max_and_mean_per_weight_in_forward_order() -> None:
-    fig = _flow_figure(_record(step=7))
+    fig = _flow(_record(step=7))
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.weight", "1.weight", "2.weight"]
     assert _bars(fig) == {"max |g|": [1e-2, 0.0, 4e-1], "mean |g|": [1e-3, 0.0, 5e-2]}
@@ -112,7 +119,7 @@ def test_flow_bars_are_max_and_mean_per_weight_in_forward_order() -> None:
 
 
 def test_flow_chart_shows_biases_when_asked() -> None:
-    fig = _flow_figure(_record(), biases=True)
+    fig = _flow(_record(), biases=True)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == NAMES
     assert _bars(fig)["max |g|"] == MAX
     assert _marker(fig, "zero gradient") == [2.0, 3.0]  # 1.weight and 1.bias
@@ -121,7 +128,7 @@ def test_flow_chart_shows_biases_when_asked() -> None:
 
 def test_flow_chart_marks_nonfinite_layers() -> None:
     mean, top = [1e-3, 1.0, NAN, 1.0, 5e-2], [1e-2, 1.0, NAN, 1.0, INF]
-    fig = _flow_figure(_record(mean=mean, top=top))
+    fig = _flow(_record(mean=mean, top=top))
     bars = _bars(fig)
     assert bars["max |g|"] == [1e-2, 0.0, 0.0]  # no bar for NaN or Inf
     assert bars["mean |g|"] == [1e-3, 0.0, 5e-2]
@@ -136,7 +143,7 @@ def test_flow_chart_of_only_biases_shows_them() -> None:
     record = StepRecord(
         step=0, names=["b.bias"], norm=[1.0], global_norm=1.0, mean_abs=[0.1], max_abs=[0.5]
     )
-    assert _bars(_flow_figure(record)) == {"max |g|": [0.5], "mean |g|": [0.1]}
+    assert _bars(_flow(record)) == {"max |g|": [0.5], "mean |g|": [0.1]}
 
 
 def test_flow_chart_needs_per_layer_values() -> None:
@@ -198,7 +205,7 @@ def test_heatmap_png_paints_nonfinite_cells_red() -> None:
 def test_heatmap_of_many_layers_stays_small() -> None:
     gen = np.random.default_rng(1)  # noise: the hardest picture to compress
     rows = 150
-    cols = charts.MAX_CELLS // rows
+    cols = observer_charts.MAX_CELLS // rows
     names = [f"blocks.{i}.mlp.weight" for i in range(rows)]
     png = norm_heatmap(list(range(cols)), names, gen.uniform(-8, 2, (rows, cols)).tolist())
     _sensible(png)
@@ -217,6 +224,32 @@ def test_heatmap_rejects_misshapen_input(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         norm_heatmap(steps, names, grid)
+
+
+def test_timestep_heatmap_has_a_row_per_timestep() -> None:
+    grid: list[list[float | None]] = [[-1.0, -2.0, -3.0], [-0.5, -1.5, None]]
+    fig = charts._timestep_figure("encoder", [5, 10, 15], grid)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["5", "10", "15"]
+    assert ax.get_ylabel() == "timestep"
+    assert ax.get_xlabel() == "optimizer step (monitored steps)"
+    assert ax.get_title(loc="left").startswith("encoder: log10 input-gradient norm dL/dx_t")
+    _sensible(timestep_heatmap("encoder", [5, 10, 15], grid))
+
+
+def test_the_drawing_takes_plain_arrays() -> None:
+    names = ["a.weight", "a.bias", "b.weight"]
+    fig = _flow_figure(names, np.array([1e-3, 1e-2, 0.0]), np.array([1e-2, 1e-1, 0.0]))
+    assert _bars(fig) == {"max |g|": [1e-2, 0.0], "mean |g|": [1e-3, 0.0]}
+    assert fig.axes[0].get_title(loc="left") == "gradient flow (1 biases hidden)"  # no step
+    with pytest.raises(ValueError, match="no per-layer values"):
+        charts.flow_chart(names, [], [])
+    grid = np.array([[-1.0, -2.0], [0.0, -np.inf]])
+    values, _ = (
+        _masked(im.get_array()) for im in _heatmap_figure([0, 1], names[:2], grid).axes[0].images
+    )
+    np.testing.assert_array_equal(values.data, grid)
 
 
 # -- observer ---------------------------------------------------------------------------------
@@ -241,8 +274,9 @@ def sketch(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """Replace the drawing with a note of what would be drawn: (chart, step or column count)."""
     drawn: list[tuple[str, int]] = []
 
-    def flow(record: StepRecord, *, biases: bool = False) -> bytes:
-        drawn.append(("flow", record.step))
+    def flow(names: Any, mean: Any, top: Any, *, step: int, biases: bool = False) -> bytes:
+        assert len(names) == len(mean) == len(top)
+        drawn.append(("flow", step))
         return b"flow"
 
     def heat(steps: Any, names: Any, grid: Any) -> bytes:
@@ -305,7 +339,7 @@ def test_observer_heatmap_counts_bad_steps_and_keeps_a_bounded_buffer() -> None:
 
 
 def test_observer_caps_heatmap_cells(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(charts, "MAX_CELLS", 7)
+    monkeypatch.setattr(observer_charts, "MAX_CELLS", 7)
     observer = ChartObserver(flow_every=None, heatmap_every=None)
     for record in _stream(5, lambda k: True):
         observer(record)
@@ -346,6 +380,10 @@ def test_observer_warns_once_and_stops_when_a_chart_fails() -> None:
     with pytest.warns(RuntimeWarning, match=r"step 0 .*charts are switched off"):
         assert observer(broken) is None
     assert observer(_stream(0, lambda k: True)[0]) is None
+
+
+def test_observer_reports_after_the_diagnosis() -> None:
+    assert ChartObserver.stage == REPORT
 
 
 def test_observer_rejects_bad_intervals() -> None:

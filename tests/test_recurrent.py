@@ -18,7 +18,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
 
 import gradwandb
+import gradwandb.live.monitors.sequence_capture as capture
 import gradwandb.live.monitors.through_time as recurrent
+import gradwandb.plots.charts as plots
 from gradwandb.keys import Keys
 from gradwandb.live.monitors.through_time import (
     BPTTMonitor,
@@ -27,7 +29,7 @@ from gradwandb.live.monitors.through_time import (
     rnn_key,
     timestep_norm_sums,
 )
-from gradwandb.live.record import StepRecord
+from gradwandb.live.record import FILL, RecurrentSummary, StepRecord
 from gradwandb.live.sinks import MemorySink, Table, Value
 from gradwandb.models import Seq2Seq, reverse_batch, seq2seq_loss
 
@@ -524,8 +526,8 @@ def test_an_internal_error_never_reaches_the_backward(monkeypatch: pytest.Monkey
     def broken(*args: object, **kwargs: object) -> Tensor:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(recurrent, "timestep_norm_sums", broken)
-    with pytest.warns(RuntimeWarning, match="boom"):
+    monkeypatch.setattr(capture, "timestep_norm_sums", broken)  # what the backward hook calls
+    with pytest.warns(RuntimeWarning, match="BPTTMonitor: internal error.*boom"):
         _encoder_step(rnn, seed=0)  # the error is in the backward's tensor hook
     monkeypatch.undo()
     assert monitor(_record(0)) is None
@@ -648,3 +650,95 @@ def test_watch_takes_bptt_modules() -> None:
         model(torch.randn(2, 5, 3)).sum().backward()
         opt.step()
     assert sink.last()["bptt/0/seq_len"] == 5
+
+
+# -- the record: what the diagnosis reads ---------------------------------------------------
+
+
+def _train_lstm(monitor: BPTTMonitor, lstm: nn.LSTM, steps: int) -> list[tuple[StepRecord, Row]]:
+    gen = torch.Generator().manual_seed(0)
+    out: list[tuple[StepRecord, Row]] = []
+    for step in range(steps):
+        y, _ = lstm(torch.randn(2, 6, 3, generator=gen, dtype=torch.float64))
+        y[:, -1].sum().backward()
+        record = _record(step)
+        out.append((record, monitor(record) or {}))
+    return out
+
+
+def test_each_reported_module_fills_the_record_with_its_summary() -> None:
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 5, batch_first=True, dtype=torch.float64)
+    monitor = BPTTMonitor(lstm, every=1, spectral_every=2, heatmap_every=None).attach()
+    assert monitor.stage == FILL  # before the diagnosis, which reads the record
+    steps = _train_lstm(monitor, lstm, 3)
+    monitor.remove()
+    for step, (record, row) in enumerate(steps):
+        summary = record.through_time["lstm"]
+        assert isinstance(summary, RecurrentSummary)
+        assert (summary.step, summary.module_type) == (step, "LSTM")
+        assert summary.seq_len == row["bptt/lstm/seq_len"]
+        assert summary.horizon == row["bptt/lstm/horizon"]
+        assert summary.decay_rate == row["bptt/lstm/decay_rate"]
+        assert summary.first_last_ratio == row["bptt/lstm/first_last_ratio"]
+        assert record.module_types == {"lstm": "LSTM"}
+    radii = [v for k, v in steps[0][1].items() if k.endswith("/spectral_radius")]
+    first, second, third = (record.through_time["lstm"] for record, _ in steps)
+    assert first.spectral_radius == max(radii)  # type: ignore[type-var]
+    assert second.spectral_radius == first.spectral_radius  # kept until the next spectral step
+    assert third.spectral_radius is not None and third.spectral_radius != first.spectral_radius
+    assert monitor.summaries == {"lstm": third}
+    assert recurrent.RecurrentSummary is RecurrentSummary  # still importable from here
+
+
+def test_a_step_without_a_curve_leaves_the_record_alone() -> None:
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 5, batch_first=True, dtype=torch.float64)
+    monitor = BPTTMonitor(lstm, every=2, spectral_every=1, heatmap_every=None).attach()
+    steps = _train_lstm(monitor, lstm, 2)
+    monitor.remove()
+    record, row = steps[1]  # step 1: spectra, no curve
+    assert any(k.startswith("rnn/") for k in row) and "bptt/lstm/seq_len" not in row
+    assert record.through_time == {} and record.module_types == {}
+    assert "lstm" in steps[0][0].through_time
+
+
+def test_a_named_sequence_module_records_its_class() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+    monitor = BPTTMonitor(model, every=1, modules=["0"], spectral_every=None).attach()
+    model(torch.randn(2, 4, 3)).sum().backward()
+    record = _record(0)
+    monitor(record)
+    monitor.remove()
+    assert record.module_types == {"0": "Linear"}
+    summary = record.through_time["0"]
+    assert (summary.seq_len, summary.module_type, summary.spectral_radius) == (4, "Linear", None)
+
+
+def test_a_heatmap_that_fails_to_draw_warns_once_and_the_curves_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: object) -> bytes:
+        raise RuntimeError("no canvas")
+
+    monkeypatch.setattr(plots, "timestep_heatmap", broken)
+    rnn = _make(nn.RNN, batch_first=True)
+    monitor = BPTTMonitor(rnn, every=1, spectral_every=None, heatmap_every=1).attach()
+    rows: list[Row] = []
+    with pytest.warns(RuntimeWarning, match="no canvas.*heatmaps are switched off") as caught:
+        for step in range(4):
+            _encoder_step(rnn, seed=step)
+            rows.append(monitor(_record(step)) or {})
+    monitor.remove()
+    assert len(caught) == 1
+    assert all("bptt/rnn/horizon" in row for row in rows)
+    assert not any(k.endswith("/heatmap") for row in rows for k in row)
+    monkeypatch.undo()
+    _encoder_step(rnn, seed=9)
+    assert "bptt/rnn/heatmap" not in (monitor.attach()(_record(4)) or {})  # they stay off
+    monitor.remove()
+
+
+def test_on_summary_is_gone() -> None:
+    with pytest.raises(TypeError, match="on_summary"):
+        BPTTMonitor(nn.RNN(3, 4), on_summary=print)  # type: ignore[call-arg]

@@ -1,15 +1,14 @@
-"""Charts people look at: the gradient flow of one step, and a layer x step heatmap of norms.
+"""Charts people look at, arrays in and PNG bytes out: the gradient flow of one step, a layer x
+step heatmap of gradient norms, and a recurrent module's timestep x step heatmap.
 
-Both functions return PNG bytes drawn with matplotlib's Agg canvas directly (``pyplot`` and its
-global state are never touched). :class:`ChartObserver` plugs them into a tracker, which logs
-them as images next to the numbers:
+Both wings draw with these functions: the live one through
+:class:`~gradwandb.ChartObserver` and :class:`~gradwandb.BPTTMonitor`, the reading one from
+what a run logged. They take plain sequences (names, values, steps, ``[row][column]`` grids),
+never a record. Drawing uses matplotlib's Agg canvas directly (``pyplot`` and its global state
+are never touched), and matplotlib is imported on the first drawing, not with gradwandb.
 
-    tracker = gradwandb.watch(model, optimizer)
-    tracker.add_observer(ChartObserver(flow_every=100, heatmap_every=500))
-
->>> record = StepRecord(step=10, names=["0.weight", "0.bias"], norm=[0.5, 0.1],
-...                     global_norm=0.51, mean_abs=[0.01, 0.05], max_abs=[0.2, 0.1])
->>> flow_chart(record)[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+>>> png = flow_chart(["0.weight", "0.bias"], [0.01, 0.05], [0.2, 0.1], step=10)
+>>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
 True
 >>> png = norm_heatmap([0, 10], ["0.weight"], [[-1.0, float("nan")]])
 >>> png[:4] == b"\\x89PNG"
@@ -20,52 +19,42 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
-from collections import deque
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.axis import Axis
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import ListedColormap
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
-from PIL import Image as PILImage
 
-from gradwandb.keys import CHART_FLOW, CHART_HEATMAP, Keys
-from gradwandb.live.record import StepRecord
-from gradwandb.live.schedules import ScheduleLike, as_schedule
-from gradwandb.live.sinks import Image
+from gradwandb.keys import is_bias
+
+if TYPE_CHECKING:
+    from matplotlib.axis import Axis
+    from matplotlib.figure import Figure
+
+__all__ = ["flow_chart", "norm_heatmap", "timestep_heatmap"]
 
 _MAX_COLOR = "#9ecae1"  # max |g| bars (light, wide)
 _MEAN_COLOR = "#08519c"  # mean |g| bars (dark, narrow, in front)
 _ZERO_COLOR = "#bdbdbd"  # an all-zero gradient (log10 norm -inf)
 _BAD_COLOR = "#d62728"  # NaN or Inf
 _DPI = 100
-MAX_CELLS = 30_000  # layers x steps in the observer's heatmap: keeps its PNG under ~100 KB
-_UNTAGGED = Keys()  # the first model in a run
 _MAX_TICKS = 60  # more names than this: label every k-th one
 _NAME_CHARS = 36  # longer parameter names are shortened in the middle
 
 
-def is_bias(name: str) -> bool:
-    """True for a bias parameter's name (``bias``, ``bias_ih_l0``, ``in_proj_bias``, ...).
+def flow_chart(
+    names: Sequence[str],
+    mean_abs: Sequence[float],
+    max_abs: Sequence[float],
+    *,
+    step: int | None = None,
+    biases: bool = False,
+) -> bytes:
+    """PNG of the gradient flow at one step: max and mean |g| per parameter, in the order of
+    ``names`` (forward order), one value of each per name; ``step`` goes in the title.
 
-    >>> is_bias("encoder.rnn.bias_hh_l0"), is_bias("0.bias"), is_bias("0.weight")
-    (True, True, False)
+    Bias parameters are left out unless ``biases=True`` (or unless there is nothing else).
     """
-    last = name.rsplit(".", 1)[-1]
-    return last == "bias" or last.startswith("bias_") or last.endswith("_bias")
-
-
-def flow_chart(record: StepRecord, *, biases: bool = False) -> bytes:
-    """PNG of the gradient flow at one step: max and mean |g| per parameter, forward order.
-
-    ``record`` must carry per-layer values (a ``layers_every`` step). Bias parameters are left
-    out unless ``biases=True`` (or unless there is nothing else).
-    """
-    return _png(_flow_figure(record, biases=biases))
+    return _png(_flow_figure(names, mean_abs, max_abs, step=step, biases=biases))
 
 
 def norm_heatmap(
@@ -83,146 +72,71 @@ def norm_heatmap(
     return _png(_heatmap_figure(steps, names, log10_norms))
 
 
-class ChartObserver:
-    """A tracker observer that logs the two charts as images.
+def timestep_heatmap(
+    module: str, steps: Sequence[int], log10_norms: Sequence[Sequence[float | None]]
+) -> bytes:
+    """PNG heatmap of one recurrent module's log10 input-gradient norm dL/dx_t: one row per
+    timestep (the first on top), one column per monitored step.
 
-    Every record with per-layer norms adds a column to a bounded buffer (the last
-    ``max_columns``). On a step due by ``heatmap_every`` the heatmap of the buffer is returned
-    under :data:`CHART_HEATMAP`; on a step due by ``flow_every`` that carries per-layer
-    magnitudes, the flow chart under :data:`CHART_FLOW`. Intervals take an int, a
-    ``step -> bool`` callable, or None (never). ``biases`` puts bias parameters in both charts.
-    Pass the tracker's ``keys`` (``tracker.keys``) so a tagged tracker gets tagged image keys.
-    A chart that fails to draw warns once and switches the charts off; tracking goes on.
+    ``log10_norms[t][j]`` is timestep ``t`` at step ``steps[j]``, with the cells as in
+    :func:`norm_heatmap` (``None`` past that step's sequence).
 
-    >>> obs = ChartObserver(flow_every=10, heatmap_every=None)
-    >>> rec = StepRecord(step=10, names=["w"], norm=[0.5], global_norm=0.5,
-    ...                  mean_abs=[0.1], max_abs=[0.3])
-    >>> sorted(obs(rec))
-    ['charts/grad_flow']
-    >>> obs(StepRecord(step=11, names=["w"], norm=[], global_norm=0.5)) is None
+    >>> timestep_heatmap("encoder", [0, 5], [[-1.0, -2.0], [0.5, None]])[:4] == b"\\x89PNG"
     True
     """
-
-    def __init__(
-        self,
-        *,
-        flow_every: ScheduleLike | None = 100,
-        heatmap_every: ScheduleLike | None = 500,
-        biases: bool = False,
-        keys: Keys = _UNTAGGED,
-        max_columns: int = 200,
-    ) -> None:
-        self._flow_at = as_schedule("flow_every", flow_every)
-        self._heatmap_at = as_schedule("heatmap_every", heatmap_every)
-        if isinstance(max_columns, bool) or not isinstance(max_columns, int) or max_columns < 1:
-            raise ValueError(
-                f"max_columns must be a whole number of steps, at least 1 (the heatmap keeps "
-                f"that many per-layer steps), got {max_columns!r}"
-            )
-        self.biases = biases
-        self.keys = keys
-        self._columns: deque[tuple[int, dict[str, float]]] = deque(maxlen=max_columns)
-        self._order: list[str] = []  # every name seen, in forward order
-        self._failed = False
-
-    def __call__(self, record: StepRecord) -> dict[str, Image] | None:
-        if self._failed:
-            return None
-        try:
-            return self._charts(record)
-        except Exception as exc:  # a chart that cannot be drawn must not stop the numbers
-            self._failed = True
-            warnings.warn(
-                f"gradwandb: could not draw the charts at step {record.step} "
-                f"({type(exc).__name__}: {exc}); charts are switched off, the numbers go on",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return None
-
-    def _charts(self, record: StepRecord) -> dict[str, Image] | None:
-        if record.norm:
-            self._remember(record)
-        out: dict[str, Image] = {}
-        tag = f"{self.keys.tag}, " if self.keys.tag else ""
-        caption = f"{tag}step {record.step}"
-        if record.mean_abs and record.max_abs and self._flow_at(record.step):
-            png = flow_chart(record, biases=self.biases)
-            out[self.keys.scalar(CHART_FLOW)] = Image(png, caption)
-        if self._columns and self._heatmap_at(record.step):
-            steps, names, grid = self.heatmap_data()
-            png = norm_heatmap(steps, names, grid)
-            out[self.keys.scalar(CHART_HEATMAP)] = Image(png, caption)
-        return out or None
-
-    def heatmap_data(self) -> tuple[list[int], list[str], list[list[float | None]]]:
-        """What the next heatmap would show: steps, names and ``[layer][step]`` log10 norms.
-
-        The latest columns, at most :data:`MAX_CELLS` cells in all (fewer steps for a model
-        with many layers).
-        """
-        columns = list(self._columns)
-        rows = len(self._names(columns))
-        columns = columns[-max(1, MAX_CELLS // max(1, rows)) :]
-        names = self._names(columns)
-        grid = [[column.get(name) for _, column in columns] for name in names]
-        return [step for step, _ in columns], names, grid
-
-    def _names(self, columns: Sequence[tuple[int, dict[str, float]]]) -> list[str]:
-        present = {name for _, column in columns for name in column}
-        return _keep([n for n in self._order if n in present], biases=self.biases)
-
-    def _remember(self, record: StepRecord) -> None:
-        column = {n: _log10(x) for n, x in zip(record.names, record.norm, strict=False)}
-        self._columns.append((record.step, column))
-        self._merge_order(record.names)
-
-    def _merge_order(self, names: Sequence[str]) -> None:
-        """Place unseen names in forward order: right after the name before them in ``names``,
-        or, for leading ones, right before the first known name after them."""
-        known = set(self._order)
-        if known.issuperset(names):
-            return
-        at: int | None = None  # where the next unseen name goes
-        for i, name in enumerate(names):
-            if name in known:
-                at = self._order.index(name) + 1
-                continue
-            if at is None:
-                after = next((n for n in names[i + 1 :] if n in known), None)
-                at = len(self._order) if after is None else self._order.index(after)
-            self._order.insert(at, name)
-            known.add(name)
-            at += 1
+    return _png(_timestep_figure(module, steps, log10_norms))
 
 
 # -- drawing --------------------------------------------------------------------------------
 
 
-def _flow_figure(record: StepRecord, *, biases: bool = False) -> Figure:
+def _timestep_figure(
+    module: str, steps: Sequence[int], log10_norms: Sequence[Sequence[float | None]]
+) -> Figure:
+    """The timestep heatmap's figure: :func:`_heatmap_figure` with timesteps for rows."""
+    fig = _heatmap_figure(
+        steps,
+        [str(t) for t in range(len(log10_norms))],
+        log10_norms,
+        title=f"{module}: log10 input-gradient norm dL/dx_t per timestep (first on top)",
+        xlabel="optimizer step (monitored steps)",
+    )
+    fig.axes[0].set_ylabel("timestep")
+    return fig
+
+
+def _flow_figure(
+    names: Sequence[str],
+    mean_abs: Sequence[float],
+    max_abs: Sequence[float],
+    *,
+    step: int | None = None,
+    biases: bool = False,
+) -> Figure:
     """The flow chart's figure: bars of max |g| (patches first) then mean |g| per layer."""
-    n = len(record.names)
-    if not record.mean_abs or not record.max_abs:
+    n = len(names)
+    at = "" if step is None else f"step {step}"
+    if len(mean_abs) == 0 or len(max_abs) == 0:
         raise ValueError(
-            f"step {record.step} has no per-layer values (mean_abs/max_abs are empty); draw "
+            f"{at or 'the step'} has no per-layer values (mean_abs/max_abs are empty); draw "
             "the flow chart of a per-layer step (one that layers_every schedules)"
         )
-    if len(record.mean_abs) != n or len(record.max_abs) != n:
+    if len(mean_abs) != n or len(max_abs) != n:
         raise ValueError(
-            f"step {record.step}: {n} names but {len(record.mean_abs)} mean_abs and "
-            f"{len(record.max_abs)} max_abs values; pass one of each per name"
+            f"{at + ': ' if at else ''}{n} names but {len(mean_abs)} mean_abs and "
+            f"{len(max_abs)} max_abs values; pass one of each per name"
         )
-    keep = [i for i, name in enumerate(record.names) if biases or not is_bias(name)]
+    keep = [i for i, name in enumerate(names) if biases or not is_bias(name)]
     if not keep:  # only biases: show them rather than nothing
         keep = list(range(n))
-    names = [record.names[i] for i in keep]
-    means = [record.mean_abs[i] for i in keep]
-    tops = [record.max_abs[i] for i in keep]
+    shown = [names[i] for i in keep]
+    means = [float(mean_abs[i]) for i in keep]
+    tops = [float(max_abs[i]) for i in keep]
     zero = [math.isfinite(t) and t == 0.0 for t in tops]
     bad = [not (math.isfinite(m) and math.isfinite(t)) for m, t in zip(means, tops, strict=True)]
 
-    x = np.arange(len(names))
-    fig = _figure(width=min(16.0, max(6.5, 2.5 + 0.28 * len(names))), height=4.8)
+    x = np.arange(len(shown))
+    fig = _figure(width=min(16.0, max(6.5, 2.5 + 0.28 * len(shown))), height=4.8)
     ax = fig.add_subplot()
     positive = [v for v in (*means, *tops) if math.isfinite(v) and v > 0.0]
     if positive:
@@ -234,7 +148,7 @@ def _flow_figure(record: StepRecord, *, biases: bool = False) -> Figure:
     ax.set_ylim(lo, hi)  # fixed before the bars, so all-zero bars do not upset autoscaling
     ax.bar(x, [_bar(t) for t in tops], width=0.8, color=_MAX_COLOR, label="max |g|")
     ax.bar(x, [_bar(m) for m in means], width=0.45, color=_MEAN_COLOR, label="mean |g|")
-    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_xlim(-0.6, len(shown) - 0.4)
     ax.set_ylabel("|gradient|")
     ax.grid(axis="y", which="major", alpha=0.3)
     ax.set_axisbelow(True)
@@ -265,16 +179,16 @@ def _flow_figure(record: StepRecord, *, biases: bool = False) -> Figure:
             label="NaN/Inf",
         )
 
-    chosen = _name_ticks(ax.xaxis, names, rotation=90)
+    chosen = _name_ticks(ax.xaxis, shown, rotation=90)
     for index, label in zip(chosen, ax.get_xticklabels(), strict=True):
         if bad[index]:
             label.set_color(_BAD_COLOR)
         elif zero[index]:
             label.set_color("black")
             label.set_fontweight("bold")
-    hidden = n - len(names)
+    hidden = n - len(shown)
     note = f" ({hidden} biases hidden)" if hidden else ""
-    ax.set_title(f"gradient flow at step {record.step}{note}", loc="left", fontsize=10)
+    ax.set_title(f"gradient flow{' at ' + at if at else ''}{note}", loc="left", fontsize=10)
     fig.legend(loc="outside upper right", ncol=4, frameon=False, fontsize=8)
     return fig
 
@@ -283,8 +197,18 @@ def _heatmap_figure(
     steps: Sequence[int],
     names: Sequence[str],
     log10_norms: Sequence[Sequence[float | None]],
+    *,
+    title: str = "log10 gradient norm per layer (forward order, first on top)",
+    xlabel: str | None = None,
 ) -> Figure:
-    """The heatmap's figure: image 0 holds the values (non-finite masked), image 1 marks them."""
+    """The heatmap's figure: image 0 holds the values (non-finite masked), image 1 marks them.
+
+    ``xlabel`` defaults to the optimizer step (of the per-layer steps, with several columns).
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
     rows, cols = len(names), len(steps)
     if not rows or not cols:
         raise ValueError(
@@ -338,11 +262,11 @@ def _heatmap_figure(
     at = MaxNLocator(nbins=8, integer=True).tick_values(0, cols - 1)
     ticks = [int(i) for i in at if 0 <= i <= cols - 1]
     ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
-    ax.set_xlabel("optimizer step (per-layer steps only)" if cols > 1 else "optimizer step")
+    if xlabel is None:
+        xlabel = "optimizer step (per-layer steps only)" if cols > 1 else "optimizer step"
+    ax.set_xlabel(xlabel)
     _name_ticks(ax.yaxis, names, rotation=0)
-    ax.set_title(
-        "log10 gradient norm per layer (forward order, first on top)", loc="left", fontsize=10
-    )
+    ax.set_title(title, loc="left", fontsize=10)
     legend = []
     if zero.any():
         legend.append(Patch(color=_ZERO_COLOR, label="zero gradient"))
@@ -366,6 +290,9 @@ def _heatmap_figure(
 
 
 def _figure(*, width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -373,6 +300,8 @@ def _figure(*, width: float, height: float) -> Figure:
 
 def _png(fig: Figure) -> bytes:
     """Render ``fig`` to a 256-colour PNG (a third of the full-colour size) and release it."""
+    from PIL import Image as PILImage
+
     full = io.BytesIO()
     try:
         fig.savefig(full, format="png", dpi=_DPI)
@@ -402,21 +331,6 @@ def _short(name: str) -> str:
     return f"{name[:half]}\u2026{name[-half:]}"
 
 
-def _keep(names: Sequence[str], *, biases: bool) -> list[str]:
-    kept = [n for n in names if biases or not is_bias(n)]
-    return kept or list(names)
-
-
 def _bar(x: float) -> float:
     """A bar's height: the value, or 0 (no bar) where it is zero or not finite."""
     return x if math.isfinite(x) and x > 0.0 else 0.0
-
-
-def _log10(x: float) -> float:
-    if math.isnan(x):
-        return math.nan
-    if x == 0.0:
-        return -math.inf
-    if math.isinf(x):
-        return math.inf
-    return math.log10(abs(x))

@@ -52,54 +52,35 @@ with nothing to report makes none.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
+from torch.utils.hooks import RemovableHandle
 
-from gradwandb.keys import Keys
-from gradwandb.live.monitors.base import ModuleMonitor
+from gradwandb.keys import (
+    DEAD_FRAC,
+    MEAN,
+    SATURATED_FRAC,
+    STD,
+    ZERO_FRAC,
+    Keys,
+    act_key,
+)
+from gradwandb.live.monitors.base import ModuleMonitor, Tap, key_name
 from gradwandb.live.record import StepRecord
 from gradwandb.live.schedules import ScheduleLike
 from gradwandb.live.sinks import Value
 from gradwandb.live.stats import kernels as S
 
-__all__ = [
-    "ACT",
-    "DEAD_FRAC",
-    "MEAN",
-    "SATURATED_FRAC",
-    "STD",
-    "ZERO_FRAC",
-    "ActivationMonitor",
-    "act_key",
-]
-
-# Keys (to move to gradwandb.keys): act/<module>/<stat>.
-ACT = "act"
-SATURATED_FRAC = "saturated_frac"  # tanh-like |y| > saturation; sigmoid y > s or y < 1 - s
-DEAD_FRAC = "dead_frac"  # ReLU family: fraction of units never positive in the step
-ZERO_FRAC = "zero_frac"  # fraction of elements exactly zero
-MEAN = "mean"  # mean of the elements
-STD = "std"  # population standard deviation of the elements
+__all__ = ["ActivationMonitor", "kind_of"]
 
 Kind = Literal["tanh", "sigmoid", "relu", "linear"]
 WATCHED = (nn.Tanh, nn.Sigmoid, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.RNN, nn.LSTM, nn.GRU)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-_T = TypeVar("_T")
-
-
-def act_key(keys: Keys, module: str, stat: str) -> str:
-    """``act/<module>/<stat>``, tagged like the tracker's keys.
-
-    >>> act_key(Keys(), "net.1", DEAD_FRAC), act_key(Keys("critic"), "net.1", MEAN)
-    ('act/net.1/dead_frac', 'act/critic/net.1/mean')
-    """
-    return keys.scalar(f"{ACT}/{module}/{stat}")
 
 
 def kind_of(module: nn.Module) -> Kind | None:
@@ -187,18 +168,15 @@ class _Tap:
             parts.append(self.alive.numel() - self.alive.sum(dtype=torch.float64))
         return torch.stack(parts)
 
-    def row(self, keys: Keys, host: list[float]) -> dict[str, Value]:
+    def measures(self, host: list[float]) -> dict[str, float]:
+        """``{stat: value}`` of the step from the host copy of :meth:`device_stats`."""
         mean, m2, zeros, *rest = host
         n = self.count
-        out: dict[str, Value] = {
-            act_key(keys, self.name, ZERO_FRAC): zeros / n,
-            act_key(keys, self.name, MEAN): mean,
-            act_key(keys, self.name, STD): math.sqrt(max(m2, 0.0) / n),
-        }
+        out = {ZERO_FRAC: zeros / n, MEAN: mean, STD: math.sqrt(max(m2, 0.0) / n)}
         if self.saturated is not None:
-            out[act_key(keys, self.name, SATURATED_FRAC)] = rest.pop(0) / n
+            out[SATURATED_FRAC] = rest.pop(0) / n
         if self.alive is not None:
-            out[act_key(keys, self.name, DEAD_FRAC)] = rest.pop(0) / self.alive.numel()
+            out[DEAD_FRAC] = rest.pop(0) / self.alive.numel()
         return out
 
 
@@ -223,8 +201,14 @@ class ActivationMonitor(ModuleMonitor):
     Keys, on monitored steps (``<module>`` is the module's path, e.g. ``net.1``, or the model's
     class name in lower case for the model itself; a tagged ``keys`` inserts its tag after the
     first ``/``): ``act/<module>/zero_frac``, ``mean``, ``std``; ``saturated_frac`` for bounded
-    outputs; ``dead_frac`` for the ReLU family.
+    outputs; ``dead_frac`` for the ReLU family. The record of the step gets the measures too
+    (``record.activations[<module>] = {stat: value}``, and ``record.module_types``).
     """
+
+    _consequence = "activation monitoring is switched off"
+    _what = "activation"
+    _listed = "watchable"
+    _example = "net.1"
 
     def __init__(
         self,
@@ -244,27 +228,41 @@ class ActivationMonitor(ModuleMonitor):
                 "saturation must be in (0.5, 1), the |y| above which a tanh output counts as "
                 f"saturated (e.g. 0.99), got {saturation}"
             )
-        if not isinstance(keys, Keys):
-            raise TypeError(f"keys must be a gradwandb.Keys (the tracker's), got {keys!r}")
-        if clock is not None and not callable(clock):
-            raise TypeError(f"clock must be a callable returning the step index, got {clock!r}")
-        self.model = model
-        self.keys = keys
+        self._start(model, keys, every, clock)
         self.saturation = float(saturation)
-        self._start_clock(every, clock)
-        self._latest: dict[str, Value] = {}  # the last reported row
-        self._taps = [
-            _Tap(path, path or type(model).__name__.lower(), m, kind)
-            for path, m, kind in _find(model, modules)
+        self._latest: dict[str, dict[str, float]] = {}  # module -> stat -> value, last step
+        self._taps: list[_Tap] = [
+            _Tap(path, key_name(path, m), m, _kind(m)) for path, m in self._find(model, modules)
         ]
 
-    def attach(self) -> ActivationMonitor:
-        """Hook the modules (again after :meth:`remove`; a second call does nothing)."""
-        if not self._handles:
-            self._handles = [t.module.register_forward_hook(self._hook(t)) for t in self._taps]
-        return self
+    # -- what it watches ----------------------------------------------------------------------
+
+    def _watches(self, module: nn.Module) -> bool:
+        return kind_of(module) is not None
+
+    def _none_found(self, model: nn.Module) -> str:
+        return (
+            f"{type(model).__name__} has no nn.Tanh, nn.Sigmoid, nn.ReLU, nn.LeakyReLU, "
+            "nn.GELU, nn.RNN, nn.LSTM or nn.GRU module, which is what ActivationMonitor "
+            "watches (functional calls such as torch.relu cannot be hooked); pass a model "
+            "that contains one"
+        )
+
+    def _unwatchable(
+        self, model: nn.Module, path: str, module: nn.Module, watched: list[str]
+    ) -> str | None:
+        if kind_of(module) is not None:
+            return None
+        return (
+            f"module {path!r} is a {type(module).__name__}, not an activation or recurrent "
+            f"module ActivationMonitor watches; those of {type(model).__name__} are {watched}"
+        )
 
     # -- the forward hook ---------------------------------------------------------------------
+
+    def _hooks(self, tap: Tap) -> list[RemovableHandle]:
+        assert isinstance(tap, _Tap)
+        return [tap.module.register_forward_hook(self._hook(tap))]
 
     def _hook(self, tap: _Tap) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
         def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
@@ -285,21 +283,6 @@ class ActivationMonitor(ModuleMonitor):
         with torch.no_grad():
             tap.add(y.detach(), self.saturation)
 
-    def _guard(self, body: Callable[[], _T]) -> _T | None:
-        """Run ``body``; an error of ours is reported once and switches the monitor off."""
-        try:
-            return body()
-        except Exception as exc:  # never break the user's forward
-            if not self._failed:
-                self._failed = True
-                warnings.warn(
-                    f"gradwandb.ActivationMonitor: internal error ({type(exc).__name__}: {exc}); "
-                    "activation monitoring is switched off and training goes on",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            return None
-
     # -- the observer -------------------------------------------------------------------------
 
     def latest(self, module: str, stat: str) -> float | None:
@@ -308,61 +291,30 @@ class ActivationMonitor(ModuleMonitor):
         >>> ActivationMonitor(torch.nn.Tanh()).latest("tanh", SATURATED_FRAC) is None
         True
         """
-        value = self._latest.get(act_key(self.keys, module, stat))
-        return float(value) if isinstance(value, (int, float)) else None
+        return self._latest.get(module, {}).get(stat)
 
-    def __call__(self, record: StepRecord) -> dict[str, Value] | None:
-        """The ``act/...`` keys of step ``record.step``, or None; one transfer to the host."""
-        step = record.step
-        self._next = step + 1
-        if self._failed:
-            return None
-        row: dict[str, Value] | None = self._guard(lambda: self._report(step))
-        return row or None
-
-    def _report(self, step: int) -> dict[str, Value]:
-        ready = [t for t in self._taps if t.step == step and t.count]
+    def _report(self, record: StepRecord) -> dict[str, Value]:
+        """The ``act/...`` keys of the step, with ``record.activations`` and
+        ``record.module_types`` filled for the modules measured; one transfer to the host."""
+        ready = [t for t in self._taps if t.step == record.step and t.count]
         if not ready:
             return {}
         host = S.to_host({str(i): t.device_stats() for i, t in enumerate(ready)})
         row: dict[str, Value] = {}
+        latest: dict[str, dict[str, float]] = {}
         for i, tap in enumerate(ready):
-            row.update(tap.row(self.keys, host[str(i)]))
+            measures = tap.measures(host[str(i)])
             tap.reset(None)
-        self._latest = dict(row)
+            for stat, value in measures.items():
+                row[act_key(self.keys, tap.name, stat)] = value
+            latest[tap.name] = measures
+            record.activations[tap.name] = dict(measures)
+            record.module_types[tap.name] = type(tap.module).__name__
+        self._latest = latest
         return row
 
 
-def _find(model: nn.Module, paths: Sequence[str] | None) -> list[tuple[str, nn.Module, Kind]]:
-    found = [(p, m, k) for p, m in model.named_modules() if (k := kind_of(m)) is not None]
-    if paths is None:
-        if not found:
-            raise ValueError(
-                f"{type(model).__name__} has no nn.Tanh, nn.Sigmoid, nn.ReLU, nn.LeakyReLU, "
-                "nn.GELU, nn.RNN, nn.LSTM or nn.GRU module, which is what ActivationMonitor "
-                "watches (functional calls such as torch.relu cannot be hooked); pass a model "
-                "that contains one"
-            )
-        return found
-    if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
-        raise TypeError(f"modules must be a list of module paths, e.g. ['net.1'], got {paths!r}")
-    if not paths:
-        raise ValueError("modules is empty: pass None to watch every activation module")
-    every_module = dict(model.named_modules())
-    watched = [p or "''" for p, _, _ in found]
-    chosen: list[tuple[str, nn.Module, Kind]] = []
-    for path in paths:
-        if path not in every_module:
-            raise ValueError(
-                f"module path {path!r} is not in {type(model).__name__}; its watchable modules "
-                f"are {watched}"
-            )
-        module = every_module[path]
-        kind = kind_of(module)
-        if kind is None:
-            raise ValueError(
-                f"module {path!r} is a {type(module).__name__}, not an activation or recurrent "
-                f"module ActivationMonitor watches; those of {type(model).__name__} are {watched}"
-            )
-        chosen.append((path, module, kind))
-    return chosen
+def _kind(module: nn.Module) -> Kind:
+    kind = kind_of(module)
+    assert kind is not None  # _find keeps only the modules kind_of knows
+    return kind

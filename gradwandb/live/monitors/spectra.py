@@ -1,7 +1,8 @@
 """Recurrent weight health: persistent power iteration for the spectral radius and the largest
 singular value of slowly changing square matrices (recurrent weights in training).
 
-Used by :class:`gradwandb.BPTTMonitor` every ``spectral_every`` steps, per gate block.
+Used by :class:`gradwandb.BPTTMonitor` every ``spectral_every`` steps, per gate block of the
+recurrent weights (:func:`recurrent_maps`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gradwandb.live.stats import kernels as S
 
@@ -149,3 +150,35 @@ def _orthonormalize(z: Tensor, restart: Tensor) -> Tensor:
                 c = c - (basis @ (basis.mT @ c.unsqueeze(-1))).squeeze(-1)
         cols.append(c / torch.linalg.vector_norm(c, dim=-1, keepdim=True).clamp_min(tiny))
     return torch.stack(cols, dim=-1)
+
+
+# Row blocks of weight_hh, in PyTorch's order; a vanilla RNN has one block and no gate level.
+GATES: dict[str, tuple[str, ...]] = {"LSTM": ("i", "f", "g", "o"), "GRU": ("r", "z", "n")}
+
+
+def recurrent_maps(module: nn.RNNBase) -> tuple[list[tuple[str, str | None]], Tensor]:
+    """Names ``(weight, gate)`` and the stacked square recurrent maps [n, H, H] (detached) of a
+    recurrent module, one per layer, direction and gate block (gate None for a vanilla RNN).
+
+    A block of ``weight_hh`` maps h_{t-1} to one gate's pre-activation; with ``proj_size`` the
+    square map is ``weight_hr @ block`` (h_{t-1} to the next projected state).
+
+    >>> names, maps = recurrent_maps(torch.nn.GRU(2, 3, bidirectional=True))
+    >>> names[:4], tuple(maps.shape)
+    ([('weight_hh_l0', 'r'), ('weight_hh_l0', 'z'), ('weight_hh_l0', 'n'), \
+('weight_hh_l0_reverse', 'r')], (6, 3, 3))
+    """
+    gates = GATES.get(type(module).__name__, ())
+    blocks = max(len(gates), 1)
+    names: list[tuple[str, str | None]] = []
+    mats = []
+    for layer in range(module.num_layers):
+        for suffix in ("", "_reverse")[: 2 if module.bidirectional else 1]:
+            name = f"weight_hh_l{layer}{suffix}"
+            w = getattr(module, name).detach()
+            per_gate = w.reshape(blocks, w.shape[0] // blocks, w.shape[1])
+            if getattr(module, "proj_size", 0):
+                per_gate = getattr(module, f"weight_hr_l{layer}{suffix}").detach() @ per_gate
+            mats.append(per_gate)
+            names += [(name, g) for g in gates] if gates else [(name, None)]
+    return names, torch.cat(mats)
