@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,9 +13,10 @@ from torch import nn
 
 import gradwandb
 import gradwandb.live.monitors.through_time as recurrent
-from gradwandb.live.diagnosis import Diagnoser, Finding, Thresholds
-from gradwandb.live.monitors.through_time import HEATMAP, BPTTMonitor, RecurrentSummary
-from gradwandb.live.record import StepRecord
+from gradwandb.keys import SATURATED_FRAC, Keys
+from gradwandb.live.diagnosis import Diagnoser, DiagnosisObserver, Finding, Thresholds
+from gradwandb.live.monitors.through_time import HEATMAP, BPTTMonitor
+from gradwandb.live.record import JUDGE, RecurrentSummary, StepRecord
 from gradwandb.live.sinks import Image, MemorySink, Table, Value
 
 
@@ -33,6 +35,24 @@ def _param(module: nn.Module, name: str) -> torch.Tensor:
 
 def _record(step: int, global_norm: float = 1.0) -> StepRecord:
     return StepRecord(step=step, names=[], norm=[], global_norm=global_norm)
+
+
+def _report(
+    step: int,
+    summaries: dict[str, RecurrentSummary],
+    module_type: str = "RNN",
+    global_norm: float = 1.0,
+    saturated: float | None = None,
+) -> StepRecord:
+    """The record of ``step`` as the monitors fill it: summaries through time (and the
+    saturated fraction of each module's activations, when given)."""
+    record = _record(step, global_norm)
+    for module, summary in summaries.items():
+        record.through_time[module] = replace(summary, step=step, module_type=module_type)
+        record.module_types[module] = module_type
+        if saturated is not None:
+            record.activations[module] = {SATURATED_FRAC: saturated}
+    return record
 
 
 # -- the rules, on synthetic summaries ------------------------------------------------------
@@ -59,12 +79,12 @@ def _feed(
     global_norm: float = 1.0,
     saturated: float | None = None,
 ) -> list[tuple[int, list[Finding]]]:
-    """Feed one record and one report per step; the new findings of each report."""
+    """One record a report (every 10 steps); the new findings through time of each."""
     d = Diagnoser()
     out = []
     for step in range(0, 10 * reports, 10):
-        d.update(_record(step, global_norm))
-        found = d.observe_recurrent(step, "encoder", module_type, summary, saturated=saturated)
+        record = _report(step, {"encoder": summary}, module_type, global_norm, saturated)
+        found = [f for f in d.update(record) if f.layer == "encoder"]
         out.append((step, found))
     return out
 
@@ -88,6 +108,16 @@ CASES: dict[str, tuple[RecurrentSummary, str, float, float | None, int, Expected
     "growth with a small radius": (GROWING_SMALL_RADIUS, "RNN", 1.0, None, 5, None),
     "saturated sustained": (HEALTHY_LSTM, "LSTM", 1.0, 0.8, 4, (2, "vanishing", 0.8)),
     "saturated under the limit": (HEALTHY_LSTM, "LSTM", 1.0, 0.3, 4, None),
+    "short horizon of nan gradients": (SHORT, "RNN", math.nan, None, 5, None),
+    "short horizon of inf gradients": (SHORT, "RNN", math.inf, None, 5, None),
+    "nan summaries": (
+        replace(SHORT, decay_rate=math.nan, first_last_ratio=math.nan),
+        "RNN",
+        1.0,
+        None,
+        5,
+        None,
+    ),
 }
 
 
@@ -107,6 +137,7 @@ def test_rules_through_time(case: str) -> None:
     assert finding.value == pytest.approx(value)
     assert finding.step == (0 if kind == "vanishing" else results[index][0])  # since when
     assert "'encoder'" in finding.message and finding.fix.startswith("try: ")
+    assert f"({module_type})" in finding.message
 
 
 def test_fixes_name_the_remedies_of_the_module_type() -> None:
@@ -120,30 +151,59 @@ def test_fixes_name_the_remedies_of_the_module_type() -> None:
     assert "saturated" in sat[0].message and "layer norm" in sat[0].fix
 
 
+@pytest.mark.parametrize(
+    ("rate", "seq_len", "wording"),
+    [
+        (-0.7, 8, "(x2.01 per timestep)"),
+        (-0.001, 40, "(x1.04 across the 40 timesteps)"),
+        (-1e-6, 40, "(by a factor e**1e-06 per timestep)"),
+    ],
+)
+def test_growth_through_time_never_reads_x1(rate: float, seq_len: int, wording: str) -> None:
+    summary = replace(GROWING, decay_rate=rate, seq_len=seq_len)
+    [(_, [finding])] = _feed(summary, 1)
+    assert finding.kind == "exploding" and wording in finding.message
+    assert "x1 per" not in finding.message
+
+
+def test_saturation_is_judged_at_reports_with_the_latest_fraction() -> None:
+    d = Diagnoser(Thresholds(sustain=2))
+    saturated = _record(0)
+    saturated.activations["encoder"] = {SATURATED_FRAC: 0.9}  # measured, not yet reported
+    assert d.update(saturated) == []
+    found = d.update(_report(1, {"encoder": HEALTHY_LSTM}, "LSTM"))  # 1st report: 0.9
+    found += d.update(_report(2, {"encoder": HEALTHY_LSTM}, "LSTM"))  # 2nd: still 0.9
+    assert [(f.kind, f.layer, f.step, f.value) for f in found] == [("vanishing", "encoder", 1, 0.9)]
+
+
 def test_a_broken_streak_starts_again_and_modules_are_apart() -> None:
     d = Diagnoser()
     ok = RecurrentSummary(step=0, seq_len=40, horizon=40, decay_rate=0.0)
     seen: list[Finding] = []
     for step, summary in enumerate([SHORT, SHORT, ok, SHORT, SHORT]):
-        seen += d.observe_recurrent(step, "encoder", "RNN", summary)
-        seen += d.observe_recurrent(step, "decoder", "RNN", SHORT)
+        seen += d.update(_report(step, {"encoder": summary, "decoder": SHORT}))
     assert [(f.layer, f.step) for f in seen] == [("decoder", 0)]
-    seen += d.observe_recurrent(5, "encoder", "RNN", SHORT)
+    seen += d.update(_report(5, {"encoder": SHORT}))
     assert [(f.layer, f.step) for f in seen] == [("decoder", 0), ("encoder", 3)]
     assert d.diagnosis().verdict == "vanishing"
 
 
-def test_findings_through_time_reach_the_next_update_once() -> None:
+def test_findings_through_time_come_with_their_record_once() -> None:
     d = Diagnoser()
-    d.update(_record(0))
-    new = d.observe_recurrent(0, "encoder", "RNN", GROWING)
+    new = d.update(_report(0, {"encoder": GROWING}))
     assert [f.kind for f in new] == ["exploding"]
     assert d.diagnosis().verdict == "exploding"
-    assert d.update(_record(1)) == new  # handed on to a consumer that reads update() only
-    assert d.update(_record(2)) == []
-    d.observe_recurrent(2, "decoder", "RNN", GROWING)
-    assert [f.layer for f in d.flush()] == ["decoder"]
-    assert d.update(_record(3)) == [] and d.flush() == []
+    assert d.update(_report(1, {"encoder": GROWING})) == []
+    assert [f.layer for f in d.update(_report(2, {"decoder": GROWING}))] == ["decoder"]
+    assert d.update(_record(3)) == []
+
+
+def test_through_time_after_the_gradients_of_the_same_record() -> None:
+    d = Diagnoser()
+    record = _report(0, {"encoder": GROWING}, global_norm=500.0)
+    assert [(f.kind, f.layer) for f in d.step_rules(record)] == [("exploding", None)]
+    assert [(f.kind, f.layer) for f in d.time_rules(record)] == [("exploding", "encoder")]
+    assert [f.layer for f in d.diagnosis().findings] == [None, "encoder"]
 
 
 def test_new_thresholds_are_checked() -> None:
@@ -153,11 +213,30 @@ def test_new_thresholds_are_checked() -> None:
         with pytest.raises(ValueError, match=next(iter(bad))):
             Thresholds(**bad)  # type: ignore[arg-type]
     d = Diagnoser(Thresholds(horizon_frac=0.05, sustain=1))
-    assert d.observe_recurrent(0, "encoder", "RNN", SHORT) == []  # 3/40 is over 0.05
+    assert d.update(_report(0, {"encoder": SHORT})) == []  # 3/40 is over 0.05
     with pytest.raises(ValueError, match="saturated"):
-        d.observe_recurrent(0, "encoder", "RNN", SHORT, saturated=1.5)
+        d.update(_report(1, {"encoder": SHORT}, saturated=1.5))
+    broken = _record(2)
+    broken.through_time[None] = SHORT  # type: ignore[index]
     with pytest.raises(TypeError, match="module"):
-        d.observe_recurrent(0, None, "RNN", SHORT)  # type: ignore[arg-type]
+        d.update(broken)
+
+
+def test_the_observer_alerts_and_writes_findings_through_time() -> None:
+    sink = MemorySink()
+    observer = DiagnosisObserver(sink, Keys("critic"))
+    assert observer.stage == JUDGE
+    row = observer(_report(0, {"encoder": GROWING}, global_norm=500.0))
+    assert row["health/critic/exploding"] == 1.0
+    # one alert for the gradients and one for the findings through time, as they were found
+    assert [a.title for a in sink.alerts] == ["gradwandb: exploding gradients (critic)"] * 2
+    assert "'encoder'" in sink.alerts[1].text
+    records = sink.summaries["gradwandb/critic/findings"]
+    assert [(r["kind"], r["layer"]) for r in records] == [
+        ("exploding", None),
+        ("exploding", "encoder"),
+    ]
+    assert sink.summaries["gradwandb/critic/verdict"] == observer.diagnosis().verdict == "exploding"
 
 
 # -- the monitor: summaries, callback, heatmap ----------------------------------------------
@@ -209,47 +288,31 @@ def test_heatmap_keeps_a_bounded_buffer(monkeypatch: pytest.MonkeyPatch) -> None
     assert not any(k.endswith("/heatmap") for row in rows for k in row)
 
 
-def test_summaries_reach_the_callback_with_the_latest_spectral_radius() -> None:
+def test_summaries_reach_the_record_with_the_latest_spectral_radius() -> None:
     torch.manual_seed(0)
     lstm = nn.LSTM(3, 5, batch_first=True)
-    calls: list[tuple[int, str, str, RecurrentSummary]] = []
-    monitor = BPTTMonitor(
-        lstm,
-        every=1,
-        spectral_every=2,
-        heatmap_every=None,
-        on_summary=lambda *args: calls.append(args),
-    ).attach()
-    rows = _train_monitor(monitor, lstm, [6, 6, 6])
+    monitor = BPTTMonitor(lstm, every=1, spectral_every=2, heatmap_every=None).attach()
+    gen = torch.Generator().manual_seed(0)
+    records, rows = [], []
+    for step in range(3):
+        out, _ = lstm(torch.randn(2, 6, 3, generator=gen))
+        out[:, -1].sum().backward()
+        records.append(_record(step))
+        rows.append(monitor(records[-1]) or {})
     monitor.remove()
-    assert [(c[0], c[1], c[2]) for c in calls] == [(s, "lstm", "LSTM") for s in range(3)]
-    for (_, _, _, summary), row in zip(calls, rows, strict=True):
+    summaries = [r.through_time["lstm"] for r in records]
+    assert all(r.module_types == {"lstm": "LSTM"} for r in records)
+    assert [(s.step, s.module_type) for s in summaries] == [(i, "LSTM") for i in range(3)]
+    for summary, row in zip(summaries, rows, strict=True):
         assert summary.seq_len == row["bptt/lstm/seq_len"]
         assert summary.horizon == row["bptt/lstm/horizon"]
         assert summary.decay_rate == row["bptt/lstm/decay_rate"]
         assert summary.first_last_ratio == row["bptt/lstm/first_last_ratio"]
     radii = [v for k, v in rows[0].items() if k.endswith("/spectral_radius")]
-    assert calls[0][3].spectral_radius == max(radii)  # type: ignore[type-var]
-    assert calls[1][3].spectral_radius == calls[0][3].spectral_radius  # kept until the next
-    assert calls[2][3].spectral_radius is not None
-    assert monitor.summaries == {"lstm": calls[2][3]}
-
-
-def test_a_failing_callback_warns_once_and_monitoring_goes_on() -> None:
-    torch.manual_seed(0)
-    rnn = nn.RNN(3, 4)
-
-    def broken(*args: object) -> None:
-        raise RuntimeError("boom")
-
-    monitor = BPTTMonitor(rnn, every=1, spectral_every=None, on_summary=broken).attach()
-    with pytest.warns(RuntimeWarning, match="on_summary failed.*boom") as caught:
-        rows = _train_monitor(monitor, rnn, [4, 4])
-    monitor.remove()
-    assert len(caught) == 1
-    assert all("bptt/rnn/horizon" in row for row in rows)
-    with pytest.raises(TypeError, match="on_summary"):
-        BPTTMonitor(rnn, on_summary=3)  # type: ignore[arg-type]
+    assert summaries[0].spectral_radius == max(radii)  # type: ignore[type-var]
+    assert summaries[1].spectral_radius == summaries[0].spectral_radius  # kept until the next
+    assert summaries[2].spectral_radius is not None
+    assert monitor.summaries == {"lstm": summaries[2]}
 
 
 # -- tiny real trainings, diagnosed by gradwandb.watch --------------------------------------
