@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
-from gradwandb.live.diagnosis import Diagnoser, Finding, Thresholds, verdict_of
+from gradwandb.keys import FINDING_FIELDS
+from gradwandb.live.alerts import MAX_ALERTS_PER_KIND, Alerter, alert_text
+from gradwandb.live.diagnosis import (
+    Diagnoser,
+    DiagnosisObserver,
+    Finding,
+    Thresholds,
+    verdict_of,
+)
+from gradwandb.live.diagnosis.fixes import TABLES, Setting, fix_for
 from gradwandb.live.record import StepRecord
+from gradwandb.live.sinks import MemorySink
 
 NAN, INF = math.nan, math.inf
 Seen = tuple[str, str | None, int]  # (kind, layer, step)
@@ -884,3 +896,185 @@ def test_a_dead_first_layer_is_dead_not_a_flow_problem() -> None:
     kinds = {(f.kind, f.layer) for f in diagnoser.diagnosis().findings}
     assert ("dead", "0.weight") in kinds
     assert not any(kind == "flow" for kind, _ in kinds)
+
+
+# -- findings as records -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", [None, "encoder.rnn.weight_hh_l0"])
+@pytest.mark.parametrize("value", [2.5, NAN, INF])
+def test_a_finding_is_a_record_and_back(layer: str | None, value: float) -> None:
+    finding = Finding("exploding", layer, 7, value, "the message", "try: a fix", "error")
+    record = finding.to_record()
+    assert list(record) == list(FINDING_FIELDS)
+    back = Finding.from_record(record)
+    assert (back.kind, back.layer, back.step, back.message, back.fix, back.severity) == (
+        "exploding",
+        layer,
+        7,
+        "the message",
+        "try: a fix",
+        "error",
+    )
+    assert back.value == value or (math.isnan(back.value) and math.isnan(value))
+
+
+@pytest.mark.parametrize(
+    ("record", "error", "fragment"),
+    [
+        ({"kind": "spike"}, ValueError, "lacks ['severity', 'layer'"),
+        ({**_f("spike").to_record(), "kind": "bad"}, ValueError, "kind='bad'"),
+        ({**_f("spike").to_record(), "severity": "fatal"}, ValueError, "severity='fatal'"),
+        (["spike"], TypeError, "a mapping of"),
+    ],
+)
+def test_a_bad_finding_record_is_refused(
+    record: Any, error: type[Exception], fragment: str
+) -> None:
+    with pytest.raises(error, match=re.escape(fragment)):
+        Finding.from_record(record)
+
+
+def test_findings_read_back_from_json_as_they_were() -> None:
+    _, found = run([*BASE, scalars(30, 500.0), *repeat(3, {"a": 1.0, "b": 1e-6})])
+    text = json.dumps([f.to_record() for f in found])
+    assert [Finding.from_record(r) for r in json.loads(text)] == found
+
+
+# -- fixes fitted to what the run already does -------------------------------------------------
+
+SETTINGS = [Setting(), Setting(clip=0.5), Setting(clip=1.0), Setting(clip=5.0), Setting(guard=True)]
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=str)
+@pytest.mark.parametrize("remedy", sorted(TABLES))
+def test_every_fix_says_try_once(remedy: str, setting: Setting) -> None:
+    for family in (*TABLES[remedy], "lstm", "other"):
+        fix = fix_for(remedy, family, setting)
+        assert fix.startswith("try: ") and fix.count("try:") == 1, (remedy, family)
+        assert "; ;" not in fix and not fix.endswith("; ")
+        if setting.guard:
+            assert "guard=True" not in fix
+        if setting.clip is not None and setting.clip <= 1.0:
+            assert "clip=1.0" not in fix
+
+
+def _clipped(record: StepRecord, clip: float | None) -> StepRecord:
+    record.clip_threshold = clip
+    return record
+
+
+@pytest.mark.parametrize(
+    ("clip", "suggests"), [(None, True), (5.0, True), (1.0, False), (0.5, False)]
+)
+def test_a_spike_fix_never_suggests_a_clip_the_run_already_has(
+    clip: float | None, suggests: bool
+) -> None:
+    _, found = run([_clipped(r, clip) for r in [*BASE, scalars(30, 20.0)]])
+    (spike,) = found
+    assert ("clip=1.0" in spike.fix) == suggests
+    assert "adaptive clip policy" in spike.fix and "warmup" in spike.fix
+    if not suggests:
+        assert f"clip={clip:g} in use" in spike.fix
+
+
+def test_an_exploding_fix_under_clipping_names_the_clip_in_use() -> None:
+    _, found = run([_clipped(scalars(0, 500.0), 0.25)])
+    (finding,) = found
+    assert "clip=1.0" not in finding.fix and "clip=0.25 in use" in finding.fix
+    assert "lower the learning rate" in finding.fix
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        layers(0, {"0.weight": 1.0, "2.weight": INF}, nonfinite={"2.weight": 1}),
+        layers(0, {"a": NAN, "b": NAN}, nonfinite={"a": 1, "b": 1}),
+        scalars(0, NAN),
+    ],
+    ids=["a-layer", "every-layer", "no-layers"],
+)
+@pytest.mark.parametrize("guard", [False, True])
+def test_a_nonfinite_fix_suggests_the_guard_only_when_it_is_off(
+    record: StepRecord, guard: bool
+) -> None:
+    record.guard_skipped = 1 if guard else None
+    _, found = run([record])
+    (finding,) = found
+    assert ("guard=True" in finding.fix) == (not guard)
+    assert "log(0)" in finding.fix
+
+
+# -- alerts ------------------------------------------------------------------------------------
+
+
+def _error(kind: str, layer: str | None) -> Finding:
+    return Finding(kind, layer, 0, 1.0, f"{kind} in {layer}", f"try: fix {kind}", "error")
+
+
+def test_alerts_group_a_kind_once_per_layer_capped_per_kind() -> None:
+    sink = MemorySink()
+    alerter = Alerter(sink)
+    assert alerter.send([_error("exploding", "a"), _error("exploding", "b")]) == 1
+    assert alerter.send([_error("exploding", "a")]) == 0  # that layer was alerted on
+    assert alerter.send([Finding("spike", None, 0, 9.0, "", "", "warning")]) == 0
+    assert alerter.send([_error("dead", "a")]) == 0  # not a kind worth an alert
+    for layer in "cdefg":
+        alerter.send([_error("exploding", layer)])
+    assert len(sink.alerts) == MAX_ALERTS_PER_KIND
+    assert sink.alerts[0].text.splitlines() == [
+        "exploding in a",
+        "exploding in b",
+        "try: fix exploding",
+    ]
+    assert alerter.send([_error("vanishing", "a")]) == 1  # another kind has its own limit
+    assert sink.alerts[-1].level == "WARN"
+
+
+def test_an_alert_text_spells_out_a_few_and_counts_the_rest() -> None:
+    group = [_error("flow", f"{i}.weight") for i in range(8)]
+    lines = alert_text(group).splitlines()
+    assert lines[:5] == [f"flow in {i}.weight" for i in range(5)]
+    assert lines[5] == "... and 3 more: 5.weight, 6.weight, 7.weight"
+    assert lines[6:] == ["try: fix flow"]
+
+
+def test_an_alert_title_stays_under_64_characters() -> None:
+    sink = MemorySink()
+    Alerter(sink, tag="a-very-long-model-name-" * 4).send([_error("nonfinite", None)])
+    (alert,) = sink.alerts
+    assert len(alert.title) < 64 and alert.title.startswith("gradwandb: NaN/Inf gradients (")
+
+
+def test_a_failing_alert_switches_alerts_off_with_one_warning() -> None:
+    class Broken(MemorySink):
+        def alert(self, title: str, text: str, level: str) -> None:
+            raise ConnectionError("no network")
+
+    alerter = Alerter(Broken())
+    with pytest.warns(RuntimeWarning, match="sending an alert failed.*no network") as caught:
+        assert alerter.send([_error("exploding", "a"), _error("vanishing", "b")]) == 0
+        assert alerter.send([_error("nonfinite", "c")]) == 0
+    assert len(caught) == 1 and not alerter.on
+
+
+# -- the observer ------------------------------------------------------------------------------
+
+
+def test_the_observer_writes_the_verdict_on_new_findings_and_at_the_end() -> None:
+    sink = MemorySink()
+    observer = DiagnosisObserver(sink, alerts=False)
+    observer.finish()
+    assert sink.summaries == {}  # nothing judged, nothing written
+    row = observer(scalars(0, 1.0))
+    assert set(row) == {f"health/{k}" for k in GLOBAL_KEYS}
+    assert sink.summaries == {}  # no finding yet: no summary write on this step
+    observer(scalars(1, 150.0))
+    assert sink.summaries["gradwandb/verdict"] == "exploding" and sink.alerts == []
+    assert sink.summaries["gradwandb/findings"] == [observer.diagnosis().findings[0].to_record()]
+    sink.summaries.clear()
+    observer.finish()
+    assert sink.summaries["gradwandb/verdict"] == "exploding"
+    sink.summaries.clear()
+    observer.finish()  # once is enough
+    assert sink.summaries == {}

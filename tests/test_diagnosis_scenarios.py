@@ -20,9 +20,9 @@ from torch.nn import functional as F
 
 import gradwandb
 from gradwandb.keys import FINDING_FIELDS
+from gradwandb.live.alerts import MAX_ALERTS_PER_KIND
 from gradwandb.live.diagnosis import Finding, Thresholds
 from gradwandb.live.sinks import MemorySink
-from gradwandb.live.alerts import MAX_ALERTS_PER_KIND
 from tests.conftest import read_back
 
 Batch = tuple[Tensor, Tensor]
@@ -673,3 +673,50 @@ def test_healthy_run_reads_back_healthy_without_alerts(wandb_run: Callable[..., 
     assert log.summary["gradwandb/verdict"] == "healthy"
     assert log.summary["gradwandb/findings"] == []
     assert len(log.series("health/exploding")) == 12
+
+
+class Finishing:
+    """An observer with ``finish()``: counts its calls and what it saw."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.finished = 0
+
+    def __call__(self, record: Any) -> None:
+        self.records += 1
+
+    def finish(self) -> None:
+        self.finished += 1
+
+
+def test_the_tracker_finishes_its_observers_once_when_removed() -> None:
+    model = faulty_mlp(lambda step: False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tracker, sink = run_scenario(model, opt, batches((16, 6), (16, 2), 3))
+    observer = Finishing()
+    tracker.add_observer(observer)
+    for _ in train(model, opt, batches((16, 6), (16, 2), 2)):
+        pass
+    tracker.remove()
+    tracker.remove()
+    assert (observer.records, observer.finished) == (2, 1)
+    assert sink.summaries["gradwandb/verdict"] == "healthy"  # the diagnosis observer finished
+
+
+def test_the_tracker_finishes_its_observers_when_the_run_finishes(
+    wandb_run: Callable[..., Any],
+) -> None:
+    run = wandb_run()
+    model = faulty_mlp(lambda step: False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tracker = gradwandb.watch(model, opt, run=run, hist_every=None)
+    observer = Finishing()
+    tracker.add_observer(observer)
+    for _ in train(model, opt, batches((16, 6), (16, 2), 2)):
+        pass
+    log = read_back(run)
+    assert observer.finished == 1 and not tracker.active
+    tracker.remove()
+    assert observer.finished == 1
+    assert log.summary["gradwandb/verdict"] == "healthy"
+    assert log.summary["gradwandb/findings"] == []
