@@ -95,8 +95,7 @@ TABLES: dict[str, Table] = {
         "other": (
             "check that the parameter reaches the loss (no .detach() or torch.no_grad() on its "
             "path, not an unused branch or output)",
-            f"if the units feeding it are dead ReLUs: LeakyReLU or GELU, {_INIT}, and "
-            f"{_LOWER_LR}",
+            f"if the units feeding it are dead ReLUs: LeakyReLU or GELU, {_INIT}, and {_LOWER_LR}",
         ),
     },
     "time_vanishing": {
