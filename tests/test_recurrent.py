@@ -427,10 +427,11 @@ def test_vanilla_rnn_and_projected_lstm_weights() -> None:
     rnn = nn.RNN(3, 5)
     row = BPTTMonitor(rnn, every=None, spectral_every=1)(_record(0)) or {}
     w = rnn.weight_hh_l0.detach().double()
-    assert set(row) == {"rnn/rnn/weight_hh_l0/spectral_radius", "rnn/rnn/weight_hh_l0/sigma_max"}
-    assert row["rnn/rnn/weight_hh_l0/sigma_max"] == pytest.approx(
-        float(torch.linalg.matrix_norm(w, 2)), rel=1e-4
+    radius, sigma = (
+        rnn_key(Keys(), "rnn", "weight_hh_l0", None, s) for s in ("spectral_radius", "sigma_max")
     )
+    assert set(row) == {radius, sigma}  # one block, no gates
+    assert row[sigma] == pytest.approx(float(torch.linalg.matrix_norm(w, 2)), rel=1e-4)
     lstm = nn.LSTM(3, 6, proj_size=2)
     row = BPTTMonitor(lstm, every=None, spectral_every=1)(_record(0)) or {}
     square = lstm.weight_hr_l0.detach() @ lstm.weight_hh_l0.detach()[6:12]  # the f block's map

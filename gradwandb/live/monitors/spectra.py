@@ -152,7 +152,7 @@ def _orthonormalize(z: Tensor, restart: Tensor) -> Tensor:
     return torch.stack(cols, dim=-1)
 
 
-# Row blocks of weight_hh, in PyTorch's order; a vanilla RNN has one block and no gate level.
+# Row blocks of weight_hh, in PyTorch's order; a vanilla RNN has one block and no gate (None).
 GATES: dict[str, tuple[str, ...]] = {"LSTM": ("i", "f", "g", "o"), "GRU": ("r", "z", "n")}
 
 

@@ -203,7 +203,7 @@ class BPTTMonitor(SequenceCapture):
       of the input curve (see :func:`curve_summary`);
 
     and on spectral steps, for each ``weight_hh_l<k>`` (and ``weight_hh_l<k>_reverse``), per
-    gate block (LSTM ``i f g o``, GRU ``r z n``; a vanilla RNN has no gate level):
+    gate block (LSTM ``i f g o``, GRU ``r z n``; a vanilla RNN has one block, gate ``all``):
 
     - ``rnn/<module>/<weight>/<gate>/spectral_radius`` and ``.../sigma_max``;
 
