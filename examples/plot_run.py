@@ -18,23 +18,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from gradwandb.demo import run_demo
-from gradwandb.keys import CLIP_COEF, GLOBAL_NORM, PARAM_ORDER, split_param_key
-from gradwandb.read.run import read_run
+from gradwandb.read import read_run
 
 
 def columns(series: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
-    """Steps and values of a ``RunLog.series``, as two lists for matplotlib."""
+    """Steps and values of a series, as two lists for matplotlib."""
     return [step for step, _ in series], [value for _, value in series]
 
 
+def last_logged(values: list[float | None]) -> float:
+    """The latest value a layer logged (0.0 if none)."""
+    return next((v for v in reversed(values) if v is not None), 0.0)
+
+
 def plot(run_dir: Path, out: Path) -> None:
-    log = read_run(run_dir)
+    run = read_run(run_dir)
     fig, (top, mid, low) = plt.subplots(3, 1, figsize=(9, 10), constrained_layout=True)
 
-    top.plot(*columns(log.series(GLOBAL_NORM)), label="global gradient norm (pre-clip)")
+    top.plot(*columns(run.global_series("global_norm")), label="global gradient norm (pre-clip)")
     top.set_yscale("log")
     top.set_xlabel("optimizer step")
-    clip = log.series(CLIP_COEF)
+    clip = run.global_series("clip_coef")
     if clip:
         twin = top.twinx()
         twin.plot(*columns(clip), color="tab:red", alpha=0.6, label="clip coefficient")
@@ -42,16 +46,18 @@ def plot(run_dir: Path, out: Path) -> None:
         twin.set_ylabel("clip coefficient", color="tab:red")
     top.legend(loc="upper left")
 
-    logged = {p[2] for k in log.metric_keys() if (p := split_param_key(k)) and p[0] == "grad_norm"}
-    layers = [n for n in log.summary[PARAM_ORDER] if n in logged]  # forward order
-    for name in layers:
-        mid.plot(*columns(log.series(f"grad_norm/{name}")), label=name, linewidth=1)
+    norms = run.layer_matrix("grad_norm")  # layers in forward order
+    for name, values in zip(norms.names, norms.values, strict=True):
+        steps = [s for s, v in zip(norms.steps, values, strict=True) if v is not None]
+        mid.plot(steps, [v for v in values if v is not None], label=name, linewidth=1)
     mid.set_yscale("log")
     mid.set_title("gradient norm per parameter")
     mid.legend(fontsize=7, ncol=2)
 
-    mean = [log.series(f"grad_mean_abs/{n}")[-1][1] for n in layers]
-    top_abs = [log.series(f"grad_max_abs/{n}")[-1][1] for n in layers]
+    layers = norms.names
+    mean_abs, max_abs = run.layer_matrix("grad_mean_abs"), run.layer_matrix("grad_max_abs")
+    mean = [last_logged(mean_abs.row(n)) if n in mean_abs.names else 0.0 for n in layers]
+    top_abs = [last_logged(max_abs.row(n)) if n in max_abs.names else 0.0 for n in layers]
     x = range(len(layers))
     low.bar(x, top_abs, color="tab:cyan", label="max |g|")
     low.bar(x, mean, color="tab:blue", label="mean |g|")
@@ -59,6 +65,8 @@ def plot(run_dir: Path, out: Path) -> None:
     low.set_xticks(list(x), layers, rotation=30, ha="right", fontsize=7)
     low.set_title("gradient flow at the last step")
     low.legend()
+    verdict = run.verdict or "no verdict"
+    fig.suptitle(f"{run_dir.name}: {verdict}, {len(run.findings)} finding(s)")
     fig.savefig(out, dpi=110)
 
 
