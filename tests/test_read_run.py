@@ -322,8 +322,10 @@ def test_a_stale_or_broken_disk_cache_is_ignored(wandb_run: Any) -> None:
 
 
 def test_a_read_only_run_directory_still_reads(wandb_run: Any, tmp_path: Path) -> None:
+    source = small_run(wandb_run)
+    assert read_run(source, cache=False).complete  # W&B has written the whole file
     copy = tmp_path / "copy"
-    shutil.copytree(small_run(wandb_run), copy)
+    shutil.copytree(source, copy)
     copy.chmod(0o555)
     try:
         reader.clear_cache()
