@@ -109,6 +109,7 @@ PARAM_ORDER = "gradwandb/param_order"  # watched names in forward (registration)
 # Run summary, written by diagnosis (when the tracker is removed or the run finishes).
 VERDICT = "gradwandb/verdict"  # one of VERDICTS
 FINDINGS = "gradwandb/findings"  # list of finding records, each with FINDING_FIELDS
+UNSEEN_GRAD_CHANGE = "gradwandb/unseen_grad_change"  # True: grads changed where unseen
 SETTINGS = "gradwandb/settings"  # what the tracker was asked to do: intervals, clip, monitors
 
 # Diagnosis: the names a reader can rely on.

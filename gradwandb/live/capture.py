@@ -1,9 +1,11 @@
 """Capture: the hooks that tell the tracker a real optimizer step is happening.
 
-The heartbeat is the optimizer's step pre-hook: it fires once per real step, after gradient
-accumulation and after ``GradScaler.unscale_``, so the gradients it sees are the ones the
-optimizer consumes. Without an optimizer the fallback heartbeat is the end of each backward
-pass (a callback queued on the autograd engine by the first parameter whose gradient lands).
+The heartbeat is the optimizer's ``step`` (:class:`OptimizerSteps`): it runs once per real
+step, after gradient accumulation and after ``GradScaler.unscale_``, so the gradients it sees
+are the ones the optimizer consumes (the user's own clipping is seen earlier, where it
+happens: :mod:`gradwandb.live.user_clip`). Without an optimizer the fallback heartbeat is the
+end of each backward pass (a callback queued on the autograd engine by the first parameter
+whose gradient lands).
 
 Removing a hook while torch iterates its hook table corrupts that iteration, so a hook that
 has to go from inside its own call is made inert first and taken out by :meth:`HookSet.remove`.
@@ -43,19 +45,94 @@ class HookSet:
             self._undo.pop()()
 
 
-def on_optimizer_step(
-    hooks: HookSet,
-    optimizer: torch.optim.Optimizer,
-    pre: Callable[[], None],
-    post: Callable[[], None],
-) -> None:
-    """Call ``pre`` before and ``post`` after every ``optimizer.step()`` that really runs."""
-    hooks.add("pre", optimizer.register_step_pre_hook(lambda opt, args, kwargs: pre()))
-    hooks.add("post", optimizer.register_step_post_hook(lambda opt, args, kwargs: post()))
+class OptimizerSteps:
+    """The heartbeat with optimizers: ``begin`` before and ``end`` after each real step.
+
+    Each optimizer's ``step`` is wrapped on the instance (:func:`wrap_method`), so a subclass
+    whose ``step`` calls ``super().step()`` is one step, not two (torch's own step hooks fire
+    once per class in that case). With a closure (LBFGS, frameworks that run the forward and
+    backward inside ``step``), ``begin`` runs after the closure's first call, on the gradient
+    it produced. With several optimizers stepping the same backward, one step spans them:
+    ``begin`` before the first, ``end`` once each has stepped (or when one steps again).
+    A step that raises is dropped (``abort``), never half logged.
+    """
+
+    def __init__(
+        self,
+        hooks: HookSet,
+        optimizers: Sequence[torch.optim.Optimizer],
+        begin: Callable[[], None],
+        end: Callable[[], None],
+        abort: Callable[[], None],
+    ) -> None:
+        self._begin, self._end, self._abort = begin, end, abort
+        self._count = len(optimizers)
+        self._stepped: set[int] = set()
+        self._inside = False
+        self.begun = False
+        for optimizer in optimizers:
+            wrap_method(hooks, optimizer, "step", self._around(id(optimizer)))
+
+    def _around(self, key: int) -> Callable[..., Any]:
+        def around(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            if self._inside:  # a step from inside a step: already counted
+                return original(*args, **kwargs)
+            if key in self._stepped:  # this optimizer again before the others: a new step
+                self._close()
+            args, kwargs, has_closure = self._with_closure(args, kwargs)
+            if not has_closure:
+                self._open()
+            self._inside = True
+            try:
+                out = original(*args, **kwargs)
+            except BaseException:
+                self._stepped.clear()
+                self.begun = False
+                self._abort()
+                raise
+            finally:
+                self._inside = False
+            self._stepped.add(key)
+            if len(self._stepped) >= self._count:
+                self._close()
+            return out
+
+        return around
+
+    def _open(self) -> None:
+        if not self.begun:
+            self.begun = True
+            self._begin()
+
+    def _close(self) -> None:
+        self._stepped.clear()
+        if self.begun:
+            self.begun = False
+            self._end()
+
+    def _with_closure(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
+        closure = kwargs.get("closure", args[0] if args else None)
+        if not callable(closure):
+            return args, kwargs, False
+
+        def measured() -> Any:
+            loss = closure()
+            self._open()  # the first call's gradient is the one the step starts from
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": measured}, True
+        return (measured, *args[1:]), kwargs, True
 
 
 class BackwardEnd:
-    """Calls ``callback`` once at the end of every backward pass that reaches a parameter."""
+    """Calls ``callback`` once at the end of every backward pass that reaches a parameter.
+
+    A backward that raises never reaches its end; :meth:`reset` (called before each forward)
+    makes the next one count again, so a failed backward costs that step only.
+    """
 
     def __init__(self, hooks: HookSet, callback: Callable[[], None]) -> None:
         self._hooks = hooks
@@ -72,13 +149,46 @@ class BackwardEnd:
         self._queued = False
         self._callback()
 
+    def reset(self) -> None:
+        """Forget a backward that never finished."""
+        self._queued = False
+
     def refresh(self, params: Sequence[nn.Parameter]) -> None:
         """Hook every parameter that requires grad and is not hooked yet."""
-        for i, p in enumerate(params):
-            name = f"grad{i}"
+        for p in params:
+            name = f"grad{id(p)}"
             if p.requires_grad and name not in self._hooks:
                 handle = p.register_post_accumulate_grad_hook(self._landed)  # type: ignore[no-untyped-call]
                 self._hooks.add(name, handle)
+
+
+class ModuleHook:
+    """A hook gradwandb puts on a user's module; ``torch.save(model)``, ``copy.deepcopy`` and
+    pickling (DataParallel, multiprocessing) store it as an inert no-op, so the copy carries
+    no live hook and no reference to the tracker.
+
+    >>> import copy
+    >>> hook = ModuleHook(lambda *args: print("live"))
+    >>> hook(), copy.deepcopy(hook)()
+    live
+    (None, None)
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (InertHook, ())
+
+
+class InertHook:
+    """What a :class:`ModuleHook` becomes in a saved or copied model: it does nothing."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def wrap_method(hooks: HookSet, obj: Any, name: str, around: Callable[..., Any]) -> None:

@@ -8,7 +8,8 @@ only), which also tells a NaN/Inf from a float32 overflow of finite squares.
 
 A bad step is skipped by setting every ``.grad`` the optimizer holds to None: torch optimizers
 skip a parameter with no gradient entirely, so weights, moments, step counts and weight decay
-stay as they were.
+stay as they were. Without an optimizer (a hand-written update) the gradients are zeroed in
+place instead.
 
 >>> guard = Guard(stop_after=2)
 >>> guard.count(5, ["fc.weight"]), guard.stop_message(5) is None
@@ -82,15 +83,20 @@ class Guard:
         )
 
 
-def drop_grads(optimizer: torch.optim.Optimizer | None, model: nn.Module) -> None:
-    """Skip this step: clear every gradient the step would read (``.grad = None``).
+def drop_grads(optimizers: Sequence[torch.optim.Optimizer], model: nn.Module) -> None:
+    """Skip this step: make every gradient the step would read harmless.
 
-    With an optimizer, every parameter it holds (watched or not); without one, every
-    parameter of the model, so the user's own ``optimizer.step()`` skips them.
+    With optimizers, every parameter they hold (watched or not) gets ``.grad = None``, which
+    torch optimizers skip entirely. Without one, every gradient of the model is zeroed in
+    place instead, so a hand-written update (``p.data.add_(p.grad, alpha=-lr)``) still runs
+    and changes nothing (a ``.grad`` of None would make it raise).
     """
-    if optimizer is not None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-    else:
-        params = list(model.parameters())
-    for p in params:
-        p.grad = None
+    if optimizers:
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.zero_()

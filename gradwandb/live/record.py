@@ -28,7 +28,6 @@ from gradwandb import keys as K
 from gradwandb.keys import Keys
 from gradwandb.live.sinks import Histogram, Value
 
-
 # When an observer runs within a step: FILL (monitors that add their measures to the record),
 # then JUDGE (diagnosis, which reads everything the step measured), then REPORT (charts,
 # anything that only reads). An observer says its stage with a ``stage`` attribute; a plain
@@ -85,7 +84,9 @@ class StepRecord:
 
     def put(self, family: str, values: Sequence[Value] | Mapping[str, Value]) -> None:
         """Set statistic ``family``'s values: one per name (in ``names`` order) or by name."""
-        by_name = values if isinstance(values, Mapping) else dict(zip(self.names, values))
+        by_name = (
+            values if isinstance(values, Mapping) else dict(zip(self.names, values, strict=False))
+        )
         listed = _LISTED.get(family)
         if listed is not None:
             setattr(self, listed, [by_name[n] for n in self.names if n in by_name])

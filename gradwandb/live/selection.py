@@ -138,3 +138,37 @@ def parameter_info(model: nn.Module, watched: Sequence[str]) -> ParameterInfo:
         )
     table = Table(["name", "shape", "count", "dtype", "trainable", "watched"], rows)
     return ParameterInfo(total=total, trainable=trainable, frozen=total - trainable, table=table)
+
+
+def optimizer_params(optimizers: Sequence[torch.optim.Optimizer]) -> list[nn.Parameter]:
+    """Every parameter the optimizers update, each once, in group order."""
+    seen: dict[int, nn.Parameter] = {}
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def unnamed_in_optimizers(
+    model: nn.Module, optimizers: Sequence[torch.optim.Optimizer]
+) -> list[tuple[str, nn.Parameter]]:
+    """Parameters the optimizers update that ``model`` does not hold, named by position
+    (``param_groups.<group>.<index>``, with the optimizer's index first when there are several).
+
+    >>> model, extra = torch.nn.Linear(2, 1), torch.nn.Parameter(torch.ones(1))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> opt.add_param_group({"params": [extra]})
+    >>> [name for name, _ in unnamed_in_optimizers(model, [opt])]
+    ['param_groups.1.0']
+    """
+    held = {id(p) for p in model.parameters()}
+    out: list[tuple[str, nn.Parameter]] = []
+    for o, optimizer in enumerate(optimizers):
+        prefix = f"optimizer{o}." if len(optimizers) > 1 else ""
+        for g, group in enumerate(optimizer.param_groups):
+            for i, p in enumerate(group["params"]):
+                if id(p) not in held:
+                    held.add(id(p))
+                    out.append((f"{prefix}param_groups.{g}.{i}", p))
+    return out

@@ -11,8 +11,9 @@ it is raised on purpose.
 ...     warnings.simplefilter("always")
 ...     shield.run(lambda: 1 / 0), shield.run(lambda: 2), shield.failed
 (None, None, True)
->>> print(caught[0].message)
-gradwandb.Example: internal error (ZeroDivisionError: division by zero); examples are switched off and training goes on
+>>> print(caught[0].message)  # doctest: +NORMALIZE_WHITESPACE
+gradwandb.Example: internal error (ZeroDivisionError: division by zero); examples are
+switched off and training goes on
 """
 
 from __future__ import annotations

@@ -1,27 +1,23 @@
 """The Tracker: one optimizer step in, one row out.
 
-Per step: capture (the heartbeat) -> statistics on the device -> the non-finite guard and
-clipping, reusing the same norm vector -> one host transfer ->
-:class:`~gradwandb.live.record.StepRecord` -> observers (monitors, diagnosis, reports) -> the sink.
+Per step: the heartbeat (:mod:`~gradwandb.live.capture`) -> the statistics, measured once on
+the device before any clipping (whoever clips: gradwandb's ``clip=``, the user's
+``clip_grad_norm_`` seen by :mod:`~gradwandb.live.user_clip`) -> the non-finite guard and
+gradwandb's own clipping, reusing the same norm vector -> the optimizer step -> one host
+transfer -> :class:`~gradwandb.live.record.StepRecord` -> observers (monitors, diagnosis,
+reports, by stage) -> the sink.
 
 Cost model. A step on which nothing is scheduled and no clipping is set costs a counter
-increment. With clipping, the norms and the in-place scale run on the device with no host
-sync. A logged step moves all its results to the host in one transfer (per device), after the
-optimizer step; a histogram step adds histograms, parameter norms and the update ratio to that
-same transfer (and one copy of the watched weights, freed after the step). Only a step whose
-gradients hold NaN/Inf pays a second pass, to count the bad elements.
+increment (and, with an optimizer, a check of each gradient's version counter at the end of
+backward only when the next step is scheduled). With clipping, the norms and the in-place
+scale run on the device with no host sync. A logged step moves all its results to the host in
+one transfer (per device), after the optimizer step; a per-layer step adds its statistics to
+that same transfer (and one copy of the watched weights, freed after the step). Only a step
+whose gradients hold NaN/Inf pays a second pass, to count the bad elements. Without an
+optimizer, a clip by hand after backward costs one more sync on logged steps (the coefficient
+arrives after the row). The guard costs one sync per step (:mod:`~gradwandb.live.guard`).
 
-Diagnosis reads the host numbers of logged steps only: no device work and no sync of its own;
-on a step with only the global scalars it does a constant amount of Python. Alerts and summary
-writes happen only on a step with new findings, and at the end.
-
-The non-finite guard (``guard=``) must know on the host, before the optimizer reads the
-gradients, whether they are finite: with it on, *every* step computes the norms (one pass on
-the device, as clipping does) and moves the global norm to the host (one sync, before the
-optimizer step); a logged step still makes its own transfer after the step. When the global
-norm is NaN/Inf, a second pass counts the bad elements (that step only). A bad step is skipped
-by setting every ``.grad`` the optimizer holds to None: torch optimizers skip a parameter with
-no gradient entirely, so weights, moments, step counts and weight decay stay as they were.
+Diagnosis reads the host numbers of logged steps only: no device work and no sync of its own.
 
 An internal error never escapes into the user's backward or step: it is reported once, the
 tracker switches itself off, and training goes on. :class:`StopTraining`, raised on purpose
@@ -40,14 +36,15 @@ from torch import Tensor, nn
 
 from gradwandb import keys as K
 from gradwandb.keys import Keys
+from gradwandb.live import user_clip
 from gradwandb.live.assembly import Pending, Plan, assemble
-from gradwandb.live.capture import BackwardEnd, HookSet, on_optimizer_step, wrap_method
+from gradwandb.live.capture import BackwardEnd, HookSet, ModuleHook, OptimizerSteps, wrap_method
 from gradwandb.live.clip.policy import ClipPolicy
 from gradwandb.live.diagnosis.findings import Diagnosis
 from gradwandb.live.guard import Guard, drop_grads
-from gradwandb.live.record import StepRecord, skip_row, to_row
+from gradwandb.live.record import REPORT, StepRecord, skip_row, to_row
 from gradwandb.live.schedules import Schedule
-from gradwandb.live.selection import ParameterInfo, present
+from gradwandb.live.selection import ParameterInfo, optimizer_params, present
 from gradwandb.live.shield import StopTraining
 from gradwandb.live.sinks import Sink, Value
 from gradwandb.live.stats import kernels as S
@@ -55,14 +52,15 @@ from gradwandb.live.stats.builtin import BUILTIN, MAGNITUDES
 from gradwandb.live.stats.statistic import GradientView, Statistic
 
 Observer = Callable[[StepRecord], "Mapping[str, Value] | None"]
+Reselect = Callable[[], Sequence[tuple[str, nn.Parameter]]]
 
 
 class Tracker:
     """Watches one model's gradients; made by :func:`gradwandb.watch`.
 
     Use it as a context manager, or call :meth:`remove` when done. ``tracker.step`` is the
-    index of the next optimizer step; ``tracker.records`` holds nothing (records go to the
-    sink and to observers), which keeps memory flat over long runs.
+    index of the next optimizer step. Records go to the sink and to observers, none are kept,
+    which keeps memory flat over long runs.
     """
 
     def __init__(
@@ -70,7 +68,7 @@ class Tracker:
         model: nn.Module,
         named: Sequence[tuple[str, nn.Parameter]],
         *,
-        optimizer: torch.optim.Optimizer | None,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None,
         sink: Sink,
         keys: Keys,
         log_every: Schedule,
@@ -82,30 +80,44 @@ class Tracker:
         diagnosis: Callable[[], Diagnosis] | None = None,
         guard: bool | int = False,
         statistics: Sequence[Statistic] = BUILTIN,
+        reselect: Reselect | None = None,
+        start_step: int = 0,
     ) -> None:
+        if isinstance(optimizer, torch.optim.Optimizer):
+            optimizers = [optimizer]
+        else:
+            optimizers = list(optimizer or ())
         self.model = model
-        self.optimizer = optimizer
+        self.optimizers = optimizers
+        self.optimizer = optimizers[0] if optimizers else None
         self.sink = sink
         self.keys = keys
         self.clip = clip
         self.scaler = scaler
         self.names = [n for n, _ in named]
         self._params = [p for _, p in named]
+        self._reselect = reselect
+        self._optimizer_size = self._count_optimizer_params()
         self._log_at = log_every
         self._layers_at = layers_every
         self._hist_at = hist_every
         self._info = info
-        self._step = 0
+        self._step = start_step
         self._active = True
         self._failed = False
         self._pending: Pending | None = None
+        self._measured = False  # this step's statistics are taken (pending or nothing to take)
         self._statistics = tuple(statistics)
         self._state: dict[str, dict[str, Any]] = {st.name: {} for st in self._statistics}
         self._bites: Tensor | None = None  # device count of steps on which clipping bit
+        self._host_bites = 0  # the same, for clips seen after a step's row (no optimizer)
         self._observers: list[Observer] = []
         self._hooks = HookSet()
         self._backward_end: BackwardEnd | None = None
-        self._running: str | None = None  # name of the hook now executing, if any
+        self._steps: OptimizerSteps | None = None
+        self._versions: dict[int, tuple[int, int]] = {}  # id(param) -> (id(grad), version)
+        self._unseen_warned = False
+        self._last_row: tuple[int, float] | None = None  # (step, clip coef) of the last row
         self._info_pending = True
         self._diagnosis = diagnosis  # the diagnosis observer's, when diagnosing
         self._finished = False  # the observers' finish() was called
@@ -120,25 +132,24 @@ class Tracker:
                 keys.scalar(K.PARAM_ORDER): list(self.names),
             }
         )
-        if optimizer is not None:
-            on_optimizer_step(
+        if optimizers:
+            self._steps = OptimizerSteps(
                 self._hooks,
-                optimizer,
-                lambda: self._shielded("pre", self._pre_step),
-                lambda: self._shielded("post", self._post_step),
+                optimizers,
+                begin=lambda: self._shielded(self._begin),
+                end=lambda: self._shielded(self._end),
+                abort=self._abort,
             )
+            self._backward_end = BackwardEnd(self._hooks, lambda: self._shielded(self._landed))
         else:
-            self._backward_end = BackwardEnd(
-                self._hooks, lambda: self._shielded(None, self._whole_step)
-            )
-            self._backward_end.refresh(self._params)
-            # a parameter unfrozen later has no hook yet: look again before each forward
-            refresh = self._backward_end.refresh
-            self._hooks.add(
-                "refresh", model.register_forward_pre_hook(lambda m, a: refresh(self._params))
-            )
+            self._backward_end = BackwardEnd(self._hooks, lambda: self._shielded(self._whole_step))
+        self._backward_end.refresh(self._params)
+        self._hooks.add(
+            "forward", model.register_forward_pre_hook(ModuleHook(self._before_forward))
+        )
         if scaler is not None:
             wrap_method(self._hooks, scaler, "step", self._scaler_step)
+        self._hooks.on_remove(user_clip.listen(self))
         on_finish = getattr(sink, "on_finish", None)
         if callable(on_finish):
             on_finish(self._sink_finished)
@@ -167,13 +178,41 @@ class Tracker:
     def add_observer(self, observer: Observer) -> None:
         """Call ``observer(record)`` with the :class:`StepRecord` of every logged step.
 
-        What it returns (a mapping of more keys, or None) joins that step's row.
+        What it returns (a mapping of more keys, or None) joins that step's row. Observers run
+        by their ``stage`` (monitors, then diagnosis, then the rest), then in the order added.
         """
         self._observers.append(observer)
+        self._observers.sort(key=lambda o: getattr(o, "stage", REPORT))
 
     def on_remove(self, undo: Callable[[], None]) -> None:
         """Call ``undo`` when the tracker is removed or switches itself off."""
         self._hooks.on_remove(undo)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue this tracker's step index and clip rate.
+
+        >>> import torch, gradwandb
+        >>> model = torch.nn.Linear(2, 1)
+        >>> with gradwandb.watch(model, sink=gradwandb.MemorySink()) as tracker:
+        ...     model(torch.ones(1, 2)).sum().backward()
+        >>> tracker.state_dict()
+        {'step': 1, 'clip_bites': 0}
+        """
+        bites = int(float(self._bites)) if self._bites is not None else 0
+        return {"step": self._step, "clip_bites": bites + self._host_bites}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (a resumed run's first step gets index ``step``)."""
+        step, bites = state.get("step"), state.get("clip_bites", 0)
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(
+                f"load_state_dict: 'step' must be a whole number >= 0, got {step!r}; pass what "
+                "tracker.state_dict() returned"
+            )
+        if not isinstance(bites, int) or isinstance(bites, bool) or not 0 <= bites <= step:
+            raise ValueError(f"load_state_dict: 'clip_bites' must be in [0, step], got {bites!r}")
+        self._step = step
+        self._bites, self._host_bites = None, bites
 
     def remove(self) -> None:
         """Take every hook out, finish the observers (diagnosis writes the verdict into the run
@@ -185,9 +224,6 @@ class Tracker:
         self._hooks.remove()
         self._finish_observers()
         self.sink.close()
-        from gradwandb.live.watching import _forget
-
-        _forget(self)
 
     def __enter__(self) -> Tracker:
         return self
@@ -201,18 +237,15 @@ class Tracker:
 
     # -- the shield -----------------------------------------------------------------------
 
-    def _shielded(self, hook: str | None, body: Callable[[], None]) -> None:
+    def _shielded(self, body: Callable[[], None]) -> None:
         if not self._active:
             return
-        self._running = hook
         try:
             body()
         except StopTraining:
             raise
         except Exception as exc:  # an error of ours must never stop the user's training
             self._fail(exc)
-        finally:
-            self._running = None
         stop, self._stop = self._stop, None
         if stop is not None:  # the guard's, on purpose: the step was logged and skipped
             raise StopTraining(stop)
@@ -231,7 +264,7 @@ class Tracker:
     def _detach(self) -> None:
         self._active = False
         self._pending = None
-        self._hooks.remove(keep=self._running)
+        self._hooks.remove()
 
     def _sink_finished(self) -> None:
         """The run is closing: finish the observers, then stop before anything else is logged.
@@ -244,6 +277,30 @@ class Tracker:
         except Exception as exc:
             self._fail(exc)
 
+    # -- what the heartbeat and the clipping functions call -------------------------------
+
+    def wants(self, params: Sequence[Tensor]) -> bool:
+        """Whether a clip of ``params`` touches this tracker's parameters (user_clip)."""
+        if not self._active:
+            return False
+        mine = {id(p) for p in self._params}
+        return any(id(p) in mine for p in params)
+
+    def before_clip(self, grads: Sequence[Tensor], norms: Sequence[Tensor] | None) -> None:
+        """The user is about to clip: take this step's statistics now, pre-clip."""
+        if self.optimizers:
+            given = None if norms is None else dict(zip(map(id, grads), norms, strict=True))
+            self._shielded(lambda: self._measure(given))
+
+    def after_clip(self, coef: Tensor, threshold: float) -> None:
+        """The user's clip scaled the gradients by ``coef``: that is this step's coefficient."""
+        self._shielded(lambda: self._user_clipped(coef, threshold))
+
+    def grads_changed(self) -> None:
+        """A change gradwandb knows of (``GradScaler.unscale_``): not an unseen one."""
+        if self._active and not self._measured:
+            self._remember_versions()
+
     # -- the step -------------------------------------------------------------------------
 
     def _plan(self, k: int) -> Plan:
@@ -251,24 +308,58 @@ class Tracker:
         layers = hist or self._layers_at(k)
         return Plan(log=layers or self._log_at(k), layers=layers, hist=hist)
 
-    def _pre_step(self) -> None:
+    def _before_forward(self, module: nn.Module, args: Any) -> None:
+        if self._active and self._backward_end is not None:
+            self._backward_end.reset()  # a backward that raised never reached its end
+            self._backward_end.refresh(self._params)  # parameters unfrozen since
+
+    def _landed(self) -> None:
+        """End of a backward (with an optimizer): remember the gradients' versions."""
+        if not self._measured and self._plan(self._step).anything:
+            self._remember_versions()
+
+    def _remember_versions(self) -> None:
+        self._versions = {
+            id(p): (id(p.grad), p.grad._version) for p in self._params if p.grad is not None
+        }
+
+    def _unseen_change(self, params: Sequence[nn.Parameter]) -> list[str]:
+        """Names of gradients changed in place since backward by nothing gradwandb saw."""
+        changed = []
+        for name, p in zip(self.names, self._params, strict=True):
+            seen = self._versions.get(id(p))
+            if p.grad is not None and seen is not None and seen != (id(p.grad), p.grad._version):
+                changed.append(name)
+        return changed
+
+    def _measure(self, given: Mapping[int, Tensor] | None = None) -> None:
+        """Take this step's statistics, once, before anything clips the gradients."""
+        if self._measured:
+            return
+        self._measured = True
         if not self.sink.alive():
             self._detach()
             return
+        self._refresh_params()
         k = self._step
         plan = self._plan(k)
-        self._pending = None
         if not (plan.anything or self.clip is not None or self._guard is not None):
             return  # nothing scheduled: no work, no sync
         now = present(self._params)
         if not now.grads:
             return
+        if given is None and self.optimizers and plan.anything:
+            self._warn_unseen(self._unseen_change(now.params))
         values = [S.dense_values(g) for g in now.grads]
         stats = S.grad_stats(values) if plan.layers else None  # L2, L1, max in one pass
-        norms = S.grad_norms(values) if stats is None else stats[S.NORM]
-        total = S.global_norm(norms)
+        if stats is not None:
+            norms = stats[S.NORM]
+        elif given is not None and all(id(g) in given for g in now.grads):
+            norms = torch.stack([given[id(g)] for g in now.grads]).double()  # torch's own pass
+        else:
+            norms = S.grad_norms(values)
         names = [self.names[i] for i in now.index]
-        skipped = self._guard is not None and self._guard.trips(k, names, values, norms)
+        skipped = self._guard is not None and self._guard_trips(k, names, values, norms)
         if skipped:
             plan = replace(plan, log=True)  # a skipped step is always logged
         view = GradientView(
@@ -285,27 +376,86 @@ class Tracker:
         pending = Pending(plan, now, view, skipped=skipped)
         if skipped and self._guard is not None:
             pending.stop = self._guard.stop_message(k)
-        pending.device.update(total=total, nonfinite=S.nonfinite_flags(norms).sum())
+        pending.device.update(total=S.global_norm(norms), nonfinite=S.nonfinite_flags(norms).sum())
         self._compute(pending, after_step=False)  # before clipping: what arrived
-        if self.optimizer is not None and any(
-            st.after_step and plan.runs(st) for st in self._statistics
-        ):
-            view.snapshot = [p.detach().clone() for p in now.params]
+        self._pending = pending
         if skipped:
-            drop_grads(self.optimizer, self.model)  # the optimizer now skips the step
-        elif self.clip is not None:
-            result = self.clip.clip_(now.grads, norms, total, now.params)
-            bit = (result.coef < 1.0).to(torch.float64)
-            self._bites = bit if self._bites is None else self._bites + bit
-            pending.device.update(coef=result.coef, bites=self._bites)
+            drop_grads(self.optimizers, self.model)  # every update of this step is skipped
+
+    def _guard_trips(self, k: int, names: list[str], values: list[Tensor], norms: Tensor) -> bool:
+        """The guard's look: the watched gradients, and those the optimizers hold besides."""
+        assert self._guard is not None
+        if self.optimizers:
+            mine = {id(p) for p in self._params}
+            others = [p for p in optimizer_params(self.optimizers) if id(p) not in mine]
+            extra = [
+                (f"<unwatched {i}>", p.grad) for i, p in enumerate(others) if p.grad is not None
+            ]
+            if extra:
+                more = [S.dense_values(g) for _, g in extra]
+                names = names + [n for n, _ in extra]
+                values = values + more
+                norms = torch.cat([norms, S.grad_norms(more)])
+        return self._guard.trips(k, names, values, norms)
+
+    def _user_clipped(self, coef: Tensor, threshold: float) -> None:
+        pending = self._pending
+        if self.optimizers:
+            if pending is None or pending.skipped:
+                return
+            previous = pending.device.get("coef")
+            pending.device["coef"] = coef if previous is None else torch.minimum(previous, coef)
+            pending.device["threshold"] = torch.tensor(threshold, dtype=torch.float64)
+            return
+        self._amend_clip(coef, threshold)  # no optimizer: this step's row is already out
+
+    def _amend_clip(self, coef: Tensor, threshold: float) -> None:
+        """Add a clip by hand, after the row of its step, to that row (one more sync)."""
+        last = self._last_row
+        if last is None or last[0] != self._step - 1:
+            return
+        k, own = last
+        value = float(coef) * own
+        self._host_bites += int(value < 1.0)
+        bites = self._host_bites + (int(float(self._bites)) if self._bites is not None else 0)
+        self.sink.log(
+            {
+                self.keys.scalar(K.STEP): k,
+                self.keys.scalar(K.CLIP_COEF): value,
+                self.keys.scalar(K.CLIP_THRESHOLD): threshold,
+                self.keys.scalar(K.CLIP_RATE): bites / (k + 1),
+            },
+            k,
+        )
+
+    def _begin(self) -> None:
+        """The optimizer is about to step: statistics (if no clip took them), own clipping."""
+        self._measure()
+        pending = self._pending
+        if pending is None:
+            return
+        view, now = pending.view, pending.now
+        if self.clip is not None and not pending.skipped:
+            user = pending.device.get("coef")
+            norms = view.norms if user is None else view.norms * user
+            result = self.clip.clip_(now.grads, norms, S.global_norm(norms), now.params)
+            coef = result.coef if user is None else result.coef * user
+            pending.device["coef"] = coef
             if result.threshold is not None:
                 pending.device["threshold"] = result.threshold
             for name, value in result.extras.items():
                 pending.device[f"clip_{name}"] = value
+        if "coef" in pending.device:
+            bit = (pending.device["coef"] < 1.0).to(torch.float64)
+            self._bites = bit if self._bites is None else self._bites + bit
+            pending.device["bites"] = self._bites + self._host_bites
+        if self.optimizers and any(
+            st.after_step and pending.plan.runs(st) for st in self._statistics
+        ):
+            view.snapshot = [p.detach().clone() for p in now.params]
         scale = getattr(self.scaler, "_scale", None)
         if isinstance(scale, Tensor):
             pending.device["amp_scale"] = scale
-        self._pending = pending
 
     def _compute(self, pending: Pending, *, after_step: bool) -> None:
         """Run the scheduled statistics of one phase on the device (no sync)."""
@@ -320,8 +470,14 @@ class Tracker:
             if result is not None:
                 pending.results[statistic.name] = result
 
-    def _post_step(self) -> None:
+    def _abort(self) -> None:
+        """The optimizer's step raised: drop this step's work, log nothing for it."""
+        self._pending = None
+        self._measured = False
+
+    def _end(self) -> None:
         pending, self._pending = self._pending, None
+        self._measured = False
         k = self._step
         self._step += 1
         if pending is None or not pending.plan.anything:
@@ -340,6 +496,51 @@ class Tracker:
             row[self.keys.scalar(K.PARAMS_TABLE)] = self._info.table
             self._info_pending = False
         self.sink.log(row, k)
+        self._last_row = (k, record.clip_coef)
+
+    def _whole_step(self) -> None:
+        """Fallback heartbeat (no optimizer): the end of a backward pass."""
+        self._measure()
+        if self._active:
+            self._begin()
+        if self._active:
+            self._end()
+
+    def _warn_unseen(self, changed: list[str]) -> None:
+        if not changed or self._unseen_warned:
+            return
+        self._unseen_warned = True
+        shown = ", ".join(changed[:5]) + (
+            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        )
+        warnings.warn(
+            f"gradwandb: the gradients of {shown} changed between the end of backward and "
+            "optimizer.step() by something gradwandb does not see, so from this step on the "
+            "logged numbers may be taken after that change (for instance after a clip). Call "
+            "torch.nn.utils.clip_grad_norm_ / clip_grad_value_ through torch.nn.utils (not a "
+            "copy imported before gradwandb.watch), or pass clip= to gradwandb.watch",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        self.sink.summary({self.keys.scalar(K.UNSEEN_GRAD_CHANGE): True})
+
+    def _count_optimizer_params(self) -> int:
+        return sum(len(g["params"]) for o in self.optimizers for g in o.param_groups)
+
+    def _refresh_params(self) -> None:
+        """Pick up parameters an optimizer gained since (``add_param_group``)."""
+        if self._reselect is None or not self.optimizers:
+            return
+        size = self._count_optimizer_params()
+        if size == self._optimizer_size:
+            return
+        self._optimizer_size = size
+        named = list(self._reselect())
+        self.names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+        if self._backward_end is not None:
+            self._backward_end.refresh(self._params)
+        self.sink.summary({self.keys.scalar(K.PARAM_ORDER): list(self.names)})
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -358,25 +559,21 @@ class Tracker:
             except Exception as exc:  # a sink failing at the end must not break the user's code
                 self._fail(exc)
 
-    def _whole_step(self) -> None:
-        """Fallback heartbeat (no optimizer): the end of a backward pass."""
-        assert self._backward_end is not None
-        self._backward_end.refresh(self._params)  # pick up parameters unfrozen since
-        self._pre_step()
-        if self._active:
-            self._post_step()
-
     def _scaler_step(
         self, original: Callable[..., Any], optimizer: Any, *args: Any, **kwargs: Any
     ) -> Any:
         before = self._step
+        begun = self._steps.begun if self._steps is not None else False
         out = original(optimizer, *args, **kwargs)
-        if optimizer is self.optimizer and self._active and self._step == before:
+        stepped = self._step != before or (self._steps is not None and self._steps.begun != begun)
+        if optimizer is self.optimizer and self._active and not stepped:
             # GradScaler found Inf/NaN and skipped optimizer.step(): log the skip, not the grads.
-            self._shielded(None, self._log_skip)
+            self._shielded(self._log_skip)
         return out
 
     def _log_skip(self) -> None:
+        self._measured = False
+        self._pending = None
         scale = getattr(self.scaler, "_scale", None)
         value = float(scale) if isinstance(scale, Tensor) else None
         self.sink.log(skip_row(self._step, self.keys, value), self._step)

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +30,13 @@ from gradwandb.live.monitors.activations import ActivationMonitor
 from gradwandb.live.monitors.charts import ChartObserver
 from gradwandb.live.monitors.through_time import BPTTMonitor
 from gradwandb.live.schedules import ScheduleLike, as_schedule
-from gradwandb.live.selection import ParamFilter, check_optimizer, parameter_info, select_parameters
+from gradwandb.live.selection import (
+    ParamFilter,
+    check_optimizer,
+    parameter_info,
+    select_parameters,
+    unnamed_in_optimizers,
+)
 from gradwandb.live.settings import describe
 from gradwandb.live.sinks import Sink
 from gradwandb.live.stats.builtin import BUILTIN, RESERVED
@@ -41,6 +47,8 @@ _TRACKERS: weakref.WeakKeyDictionary[nn.Module, Tracker] = weakref.WeakKeyDictio
 # Per destination (a W&B run id, or a sink's identity): the tag each watched model got, so a
 # model re-watched in the same run keeps its keys and a second model never takes the first's.
 _TAGS: dict[str, weakref.WeakKeyDictionary[nn.Module, str | None]] = {}
+# Per destination: the step a model's last tracker reached, so watching it again goes on.
+_LAST_STEP: dict[str, weakref.WeakKeyDictionary[nn.Module, int]] = {}
 
 NO_RUN = (
     "gradwandb.watch needs a W&B run to log to, and none is active: start one first with "
@@ -51,7 +59,7 @@ NO_RUN = (
 
 def watch(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
     *,
     run: Any = None,
     sink: Sink | None = None,
@@ -121,14 +129,12 @@ def watch(
     """
     named = select_parameters(model, params)
     own = check_statistics(statistics, RESERVED)
-    if optimizer is not None:
-        check_optimizer(optimizer, named)
+    optimizers = _check_optimizers(optimizer, named)
     log_schedule = as_schedule("log_every", log_every)
     stats_schedule = as_schedule("layers_every", layers_every)
     hist_schedule = as_schedule("hist_every", hist_every)
     policy = as_policy(clip)
-    if scaler is not None and not callable(getattr(scaler, "step", None)):
-        raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+    _check_scaler(scaler)
     if name is not None and (not isinstance(name, str) or not name or "/" in name):
         raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
     diagnosing, thresholds = _check_diagnose(diagnose)
@@ -149,6 +155,8 @@ def watch(
     previous = _TRACKERS.get(model)
     if previous is not None:
         previous.remove()  # watching again replaces the old hooks, never doubles them
+    steps_here = _LAST_STEP.get(destination)
+    start_step = steps_here.get(model, 0) if steps_here is not None else 0  # same run: go on
     diagnosis = (
         DiagnosisObserver(
             sink, keys, thresholds, _layer_types(model, [n for n, _ in named]), alerts=alerts
@@ -159,7 +167,7 @@ def watch(
     tracker = Tracker(
         model,
         named,
-        optimizer=optimizer,
+        optimizer=optimizers,
         sink=sink,
         keys=keys,
         log_every=log_schedule,
@@ -171,11 +179,13 @@ def watch(
         diagnosis=None if diagnosis is None else diagnosis.diagnosis,
         guard=guard,
         statistics=(*BUILTIN, *own),
+        reselect=_reselect(model, params, optimizers),
+        start_step=start_step,
     )
     sink.summary(
         {
             keys.scalar(K.SETTINGS): describe(
-                optimizer=type(optimizer).__name__ if optimizer is not None else None,
+                optimizer=[type(o).__name__ for o in optimizers] or None,
                 log_every=log_every,
                 layers_every=layers_every,
                 hist_every=hist_every,
@@ -217,6 +227,7 @@ def watch(
     if charts:
         tracker.add_observer(ChartObserver(keys=keys))
     _TRACKERS[model] = tracker
+    tracker.on_remove(lambda: _forget(tracker, destination))
     return tracker
 
 
@@ -263,6 +274,48 @@ def _check_guard(guard: object) -> None:
         )
 
 
+def _check_optimizers(
+    optimizer: object, named: Sequence[tuple[str, nn.Parameter]]
+) -> list[torch.optim.Optimizer]:
+    """The optimizers to watch: one, several (stepping the same backward), or none."""
+    if optimizer is None:
+        return []
+    if isinstance(optimizer, (list, tuple)):
+        if not optimizer:
+            raise ValueError("optimizer=[] holds no optimizer: pass one, several, or None")
+        for item in optimizer:
+            check_optimizer(item, named)
+        return list(optimizer)
+    check_optimizer(optimizer, named)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    return [optimizer]
+
+
+def _check_scaler(scaler: object) -> None:
+    if scaler is None:
+        return
+    needed = ("scale", "unscale_", "step", "update", "get_scale")
+    if not all(callable(getattr(scaler, name, None)) for name in needed):
+        raise TypeError(
+            f"scaler must be the torch.amp.GradScaler your loop uses, got {type(scaler).__name__}"
+            "; pass scaler=torch.amp.GradScaler() (the one you call scaler.step(optimizer) on), "
+            "or leave it out"
+        )
+
+
+def _reselect(
+    model: nn.Module, params: ParamFilter, optimizers: Sequence[torch.optim.Optimizer]
+) -> Callable[[], list[tuple[str, nn.Parameter]]]:
+    """How to find the watched parameters again once an optimizer gains a param group: the
+    model's (by ``params``), and with no filter also those the optimizers hold besides."""
+
+    def again() -> list[tuple[str, nn.Parameter]]:
+        named = select_parameters(model, params)
+        return named + (unnamed_in_optimizers(model, optimizers) if params is None else [])
+
+    return again
+
+
 def unwatch(model: nn.Module) -> None:
     """Remove the tracker watching ``model``, if any."""
     tracker = _TRACKERS.get(model)
@@ -270,9 +323,11 @@ def unwatch(model: nn.Module) -> None:
         tracker.remove()
 
 
-def _forget(tracker: Tracker) -> None:
+def _forget(tracker: Tracker, destination: str) -> None:
+    """The tracker is gone: drop it, and remember its step for a re-watch in the same run."""
     if _TRACKERS.get(tracker.model) is tracker:
         del _TRACKERS[tracker.model]
+    _LAST_STEP.setdefault(destination, weakref.WeakKeyDictionary())[tracker.model] = tracker.step
 
 
 def _wandb_sink(run: Any) -> tuple[Sink, str]:
