@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import types
 from typing import Any
 
@@ -15,14 +17,27 @@ from gradwandb.live.sinks import MemorySink
 
 
 def test_all_lists_exactly_the_public_names() -> None:
+    for name in gradwandb.__all__:  # each one resolves (the names load on first use)
+        getattr(gradwandb, name)
     public = {
         name
         for name, value in vars(gradwandb).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
+    public -= {"annotations", "importlib", "TYPE_CHECKING", "Any"}  # the module's own imports
     public.add("__version__")
     assert set(gradwandb.__all__) == public
     assert list(gradwandb.__all__) == sorted(gradwandb.__all__)
+    assert set(gradwandb.__all__) <= set(dir(gradwandb))
+
+
+def test_import_gradwandb_loads_neither_torch_nor_the_live_wing() -> None:
+    code = (
+        "import sys, gradwandb, gradwandb.read; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('gradwandb.live')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def _model() -> nn.Module:
