@@ -39,7 +39,13 @@ FILL, JUDGE, REPORT = 0, 1, 2
 class RecurrentSummary:
     """One module's report through time at ``step``, and the largest spectral radius of its
     recurrent weight blocks at the latest spectral step (None before); ``module_type`` is the
-    module's class name (``"RNN"``, ``"LSTM"``, ``"GRU"``, or another sequence module's)."""
+    module's class name (``"RNN"``, ``"LSTM"``, ``"GRU"``, or another sequence module's).
+
+    ``horizon``, ``decay_rate`` and ``first_last_ratio`` summarise dL/dx_t (where the loss's
+    gradient lands in time). The ``memory_*`` fields summarise the memory probe,
+    ||d h_T / d x_t|| over ``memory_len`` timesteps (how far back the recurrence carries
+    the gradient, whatever the number of loss terms); None when no probe ran.
+    """
 
     step: int
     seq_len: int
@@ -48,6 +54,9 @@ class RecurrentSummary:
     first_last_ratio: float | None = None
     spectral_radius: float | None = None
     module_type: str = ""
+    memory_horizon: int | None = None
+    memory_decay_rate: float | None = None
+    memory_len: int | None = None
 
 
 @dataclass
