@@ -327,3 +327,19 @@ def test_a_policy_logs_its_extra_signals() -> None:
     assert row["grad/clip_coef"] == 0.5 and row["grad/clip_zscore"] == 3.0
     assert "grad/clip_threshold" not in row
     assert torch.allclose(after["0.weight"], before["0.weight"] * 0.5)
+
+
+def test_finite_gradients_whose_float32_squares_overflow_get_a_finite_norm() -> None:
+    model = nn.Linear(4, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-30)
+    sink = MemorySink()
+    with gradwandb.watch(model, opt, sink=sink, clip=1.0, guard=True, layers_every=1):
+        model.weight.grad = torch.full((1, 4), 2e19)  # norm 4e19: past float32's sqrt(max)
+        opt.step()
+    row = sink.last()
+    assert row["grad/global_norm"] == pytest.approx(4e19, rel=1e-6)
+    assert row["grad_norm/weight"] == pytest.approx(4e19, rel=1e-6)
+    assert row["grad/nonfinite"] == 0 and row["guard/skipped"] == 0  # finite: not skipped
+    assert row["grad/clip_coef"] == pytest.approx(1 / 4e19, rel=1e-5)
+    assert model.weight.grad is not None
+    assert model.weight.grad.double().norm().item() == pytest.approx(1.0, rel=1e-5)  # scaled

@@ -73,8 +73,18 @@ def _foreach_rows(tensors: Sequence[Tensor], orders: Sequence[float]) -> Tensor:
 
 
 def _cpu_norms(flats: Sequence[Tensor]) -> Tensor:
-    """L2 norms as ``sqrt(dot(g, g))``: one BLAS pass, fast even on denormals (CPU)."""
-    return torch.stack([torch.dot(f, f) for f in flats]).double().sqrt()
+    """L2 norms as ``sqrt(dot(g, g))``: one BLAS pass, fast even on denormals (CPU).
+
+    A float32 sum of squares overflows for norms past ~1.8e19 although every element is
+    finite; those norms (read on the host, which on the CPU is no sync) are recomputed scaled
+    in float64, so finite gradients never get an infinite norm (and clipping scales them).
+    """
+    norms = torch.stack([torch.dot(f, f) for f in flats]).double().sqrt()
+    if not bool(torch.isfinite(norms).all()):
+        for i in (~torch.isfinite(norms)).nonzero().flatten().tolist():
+            if bool(torch.isfinite(flats[i]).all()):
+                norms[i] = exact_norms([flats[i]])[0]
+    return norms
 
 
 def _cpu_rows(tensors: Sequence[Tensor]) -> Tensor:
