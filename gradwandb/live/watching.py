@@ -24,18 +24,20 @@ from torch import nn
 
 from gradwandb import keys as K
 from gradwandb.keys import Keys
+from gradwandb.live import arguments as A
 from gradwandb.live.clip.policy import ClipPolicy, as_policy
 from gradwandb.live.diagnosis import DiagnosisObserver, Thresholds
 from gradwandb.live.monitors.activations import ActivationMonitor
 from gradwandb.live.monitors.charts import ChartObserver
 from gradwandb.live.monitors.through_time import BPTTMonitor
-from gradwandb.live.schedules import ScheduleLike, as_schedule
+from gradwandb.live.schedules import ScheduleLike
 from gradwandb.live.selection import (
     ParamFilter,
-    check_optimizer,
     parameter_info,
     select_parameters,
     unnamed_in_optimizers,
+    unwrap,
+    user_name,
 )
 from gradwandb.live.settings import describe
 from gradwandb.live.sinks import Sink
@@ -127,24 +129,30 @@ def watch(
     Returns:
         The :class:`Tracker`; a context manager, or call ``.remove()``.
     """
+    A.check_params(params)
     named = select_parameters(model, params)
     own = check_statistics(statistics, RESERVED)
-    optimizers = _check_optimizers(optimizer, named)
-    log_schedule = as_schedule("log_every", log_every)
-    stats_schedule = as_schedule("layers_every", layers_every)
-    hist_schedule = as_schedule("hist_every", hist_every)
+    optimizers = A.check_optimizers(optimizer, named)
+    log_every, log_schedule = A.check_interval("log_every", log_every)
+    layers_every, stats_schedule = A.check_interval("layers_every", layers_every)
+    hist_every, hist_schedule = A.check_interval("hist_every", hist_every)
+    A.check_number("clip", clip)
     policy = as_policy(clip)
-    _check_scaler(scaler)
-    if name is not None and (not isinstance(name, str) or not name or "/" in name):
-        raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
-    diagnosing, thresholds = _check_diagnose(diagnose)
-    if not isinstance(alerts, bool):
-        raise TypeError(f"alerts must be True or False, got {alerts!r} ({type(alerts).__name__})")
-    _check_guard(guard)
-    bptt_schedule = as_schedule("bptt_every", bptt_every)
-    activations_schedule = as_schedule("activations_every", activations_every)
-    if not isinstance(charts, bool):
-        raise TypeError(f"charts must be True or False, got {charts!r} ({type(charts).__name__})")
+    A.check_scaler(scaler)
+    name = A.check_name(name)
+    diagnosing, thresholds = A.check_diagnose(diagnose)
+    alerts = A.check_flag("alerts", alerts)
+    guard = A.check_guard(guard)
+    bptt_every, bptt_schedule = A.check_interval("bptt_every", bptt_every)
+    bptt_modules = A.check_through_time(model, bptt_every, bptt_modules)
+    activations_every, activations_schedule = A.check_interval(
+        "activations_every", activations_every
+    )
+    A.check_activations(model, activations_every)
+    charts = A.check_flag("charts", charts)
+    A.check_sink(sink, alerts=alerts and diagnosing)
+    if sink is None:
+        A.check_run(run)
 
     if sink is None:
         sink, destination = _wandb_sink(run)
@@ -239,68 +247,13 @@ def _layer_types(model: nn.Module, names: Sequence[str]) -> Mapping[str, str]:
     """
     wanted = set(names)
     types: dict[str, str] = {}
-    for prefix, module in model.named_modules():
+    for prefix, module in unwrap(model).named_modules():
+        prefix = user_name(prefix)
         for own, _ in module.named_parameters(recurse=False):
             full = f"{prefix}.{own}" if prefix else own
             if full in wanted:
                 types.setdefault(full, type(module).__name__)
     return types
-
-
-def _check_diagnose(diagnose: object) -> tuple[bool, Thresholds | None]:
-    """Whether to diagnose, and with which thresholds (None: the defaults)."""
-    if isinstance(diagnose, Thresholds):
-        return True, diagnose
-    if isinstance(diagnose, bool):
-        return diagnose, None
-    raise TypeError(
-        f"diagnose must be True, False or a gradwandb.Thresholds, got {diagnose!r} "
-        f"({type(diagnose).__name__}); e.g. diagnose=Thresholds(...) to change a threshold"
-    )
-
-
-def _check_guard(guard: object) -> None:
-    if isinstance(guard, bool):
-        return
-    if not isinstance(guard, int):
-        raise TypeError(
-            "guard must be True (skip steps with NaN/Inf gradients), False, or a whole number "
-            f"N (skip them, and stop after N in a row), got {guard!r} ({type(guard).__name__})"
-        )
-    if guard < 1:
-        raise ValueError(
-            "guard=N stops training after N steps in a row with NaN/Inf gradients, so N must be "
-            f"at least 1, got {guard}; pass guard=True to skip such steps and never stop"
-        )
-
-
-def _check_optimizers(
-    optimizer: object, named: Sequence[tuple[str, nn.Parameter]]
-) -> list[torch.optim.Optimizer]:
-    """The optimizers to watch: one, several (stepping the same backward), or none."""
-    if optimizer is None:
-        return []
-    if isinstance(optimizer, (list, tuple)):
-        if not optimizer:
-            raise ValueError("optimizer=[] holds no optimizer: pass one, several, or None")
-        for item in optimizer:
-            check_optimizer(item, named)
-        return list(optimizer)
-    check_optimizer(optimizer, named)
-    assert isinstance(optimizer, torch.optim.Optimizer)
-    return [optimizer]
-
-
-def _check_scaler(scaler: object) -> None:
-    if scaler is None:
-        return
-    needed = ("scale", "unscale_", "step", "update", "get_scale")
-    if not all(callable(getattr(scaler, name, None)) for name in needed):
-        raise TypeError(
-            f"scaler must be the torch.amp.GradScaler your loop uses, got {type(scaler).__name__}"
-            "; pass scaler=torch.amp.GradScaler() (the one you call scaler.step(optimizer) on), "
-            "or leave it out"
-        )
 
 
 def _reselect(
