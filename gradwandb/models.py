@@ -10,10 +10,16 @@ which needs the signal of the first source token to travel the whole sequence th
 >>> src, tgt_in, tgt_out = reverse_batch(4, 7, 20, torch.Generator().manual_seed(0))
 >>> model(src, tgt_in).shape
 torch.Size([4, 7, 20])
+>>> greedy_decode(model, src).shape
+torch.Size([4, 7])
+>>> orthogonal_recurrent(model)
+>>> round(recurrent_radius(model), 3)
+1.0
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -46,6 +52,73 @@ class Seq2Seq(nn.Module):
         out, _ = self.decoder(self.decoder_embedding(tgt_in), state)
         logits: Tensor = self.head(out)
         return logits
+
+
+@torch.no_grad()
+def greedy_decode(model: Seq2Seq, src: Tensor, length: int | None = None) -> Tensor:
+    """The model's own output for ``src`` [batch, source length]: ``length`` tokens (default the
+    source length), each the most likely one given the tokens decoded before it (no teacher
+    forcing), as [batch, length] int64."""
+    steps = src.shape[1] if length is None else length
+    _, state = model.encoder(model.encoder_embedding(src))
+    token = torch.full((src.shape[0], 1), BOS, dtype=torch.long, device=src.device)
+    tokens = []
+    for _ in range(steps):
+        out, state = model.decoder(model.decoder_embedding(token), state)
+        token = model.head(out).argmax(-1)
+        tokens.append(token)
+    return torch.cat(tokens, dim=1)
+
+
+def reversal_accuracy(model: Seq2Seq, batch: tuple[Tensor, Tensor, Tensor]) -> float:
+    """Fraction of target tokens that :func:`greedy_decode` gets right on a batch from
+    :func:`reverse_batch` (chance: 1 / (vocab - 1))."""
+    src, _, tgt_out = batch
+    was_training = model.training
+    model.eval()
+    try:
+        return float((greedy_decode(model, src) == tgt_out).float().mean())
+    finally:
+        model.train(was_training)
+
+
+def recurrent_weights(model: nn.Module) -> list[Tensor]:
+    """Every gate's square block of every ``weight_hh`` in ``model``'s nn.RNN/GRU/LSTM modules
+    (an LSTM's ``weight_hh_l0`` holds 4 blocks, a GRU's 3, a vanilla RNN's 1)."""
+    blocks: list[Tensor] = []
+    for module in model.modules():
+        if not isinstance(module, nn.RNNBase):
+            continue
+        for name, weight in module.named_parameters():
+            if name.startswith("weight_hh"):
+                blocks += torch.split(weight.data, weight.shape[1])
+    return blocks
+
+
+@torch.no_grad()
+def recurrent_radius(model: nn.Module) -> float:
+    """The largest spectral radius (largest |eigenvalue|) over :func:`recurrent_weights`."""
+    radii = [torch.linalg.eigvals(w.double()).abs().max().item() for w in recurrent_weights(model)]
+    return max(radii, default=0.0)
+
+
+@torch.no_grad()
+def orthogonal_recurrent(model: nn.Module, gain: float = 1.0) -> None:
+    """Initialise each block of :func:`recurrent_weights` as an orthogonal matrix times
+    ``gain`` (spectral radius exactly ``gain``): the hidden state neither grows nor fades
+    through time at the start of training."""
+    for block in recurrent_weights(model):
+        nn.init.orthogonal_(block, gain=gain)
+
+
+@torch.no_grad()
+def scaled_recurrent(model: nn.Module, radius: float) -> None:
+    """Draw each block of :func:`recurrent_weights` from N(0, radius**2 / hidden), whose
+    spectral radius is about ``radius`` (the circular law); draws from torch's global RNG."""
+    if not radius > 0:
+        raise ValueError(f"radius must be positive, got {radius}")
+    for block in recurrent_weights(model):
+        nn.init.normal_(block, std=radius / math.sqrt(block.shape[1]))
 
 
 def reverse_batch(
