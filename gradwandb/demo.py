@@ -297,8 +297,8 @@ def _train(
             tracker.add_observer(norms)
             bar = tqdm(range(steps), desc=setup.name, unit="step", disable=not progress)
             for step in bar:
-                for group in optimizer.param_groups:  # cosine decay from lr to 0
-                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+                for params in optimizer.param_groups:  # cosine decay from lr to 0
+                    params["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
                 loss = seq2seq_loss(model, reverse_batch(batch, seq_len, vocab, data))
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()  # gradwandb measures, clips and logs here
