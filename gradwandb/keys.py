@@ -166,6 +166,13 @@ FIRST_LAST_RATIO = "first_last_ratio"
 DECAY_RATE = "decay_rate"
 HORIZON = "horizon"
 SEQ_LEN = "seq_len"
+# The memory probe, ||d h_T / d x_t||: how strongly the final state depends on the input t
+# steps back (the recurrence's memory, whatever the number of loss terms).
+MEMORY_CURVE = "memory_curve"  # Table: MEMORY_COLUMNS, one row per timestep
+MEMORY_COLUMNS = ("timestep", "memory_norm")
+MEMORY_HORIZON = "memory_horizon"  # as HORIZON, over the memory curve
+MEMORY_DECAY_RATE = "memory_decay_rate"  # as DECAY_RATE; < 0: grows going back (explodes)
+MEMORY_FIRST_LAST_RATIO = "memory_first_last_ratio"  # as FIRST_LAST_RATIO
 SPECTRAL_RADIUS = "spectral_radius"
 SIGMA_MAX = "sigma_max"
 

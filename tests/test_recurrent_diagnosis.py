@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import gradwandb
+import gradwandb.live.diagnosis.rules.through_time as recurrent_rules
 import gradwandb.live.monitors.through_time as recurrent
 from gradwandb.keys import SATURATED_FRAC, Keys
 from gradwandb.live.diagnosis import Diagnoser, DiagnosisObserver, Finding, Thresholds
@@ -70,6 +71,35 @@ BIG_RADIUS_DECAYING = RecurrentSummary(
 GROWING_SMALL_RADIUS = RecurrentSummary(
     step=0, seq_len=40, horizon=40, decay_rate=-0.1, first_last_ratio=50.0, spectral_radius=1.2
 )
+# A language model: a loss at every timestep keeps dL/dx_t flat (horizon 35 of 35, even
+# growing toward the start) while the memory probe says the recurrence forgets in 6 steps.
+LM_SHORT_MEMORY = RecurrentSummary(
+    step=0,
+    seq_len=35,
+    horizon=35,
+    decay_rate=-0.01,
+    first_last_ratio=1.4,
+    spectral_radius=2.0,
+    memory_horizon=6,
+    memory_decay_rate=0.9,
+    memory_len=35,
+)
+# dL/dx_t fading (a loss on the last state of a long sequence) but a long memory: the
+# memory decides.
+LONG_MEMORY = replace(SHORT, memory_horizon=30, memory_decay_rate=0.02, memory_len=40)
+# A healthy trained GRU: a gate block's raw radius far over the limit, memory decaying.
+HEALTHY_GRU = RecurrentSummary(
+    step=0,
+    seq_len=12,
+    horizon=12,
+    decay_rate=-0.05,
+    first_last_ratio=2.0,
+    spectral_radius=1.94,
+    memory_horizon=8,
+    memory_decay_rate=0.1,
+    memory_len=12,
+)
+GRU_MEMORY_GROWS = replace(HEALTHY_GRU, memory_horizon=1, memory_decay_rate=-0.4)
 
 
 def _feed(
@@ -97,13 +127,67 @@ CASES: dict[str, tuple[RecurrentSummary, str, float, float | None, int, Expected
     "healthy lstm": (HEALTHY_LSTM, "LSTM", 1.0, None, 5, None),
     "high radius and growth": (GROWING, "RNN", 1.0, None, 5, (0, "exploding", 2.0)),
     "high radius, decaying, small norm": (BIG_RADIUS_DECAYING, "RNN", 1.0, None, 5, None),
-    "high radius, global norm over": (
-        BIG_RADIUS_DECAYING,
+    # a huge global norm is the global rules' finding, not growth through time
+    "high radius, global norm over": (BIG_RADIUS_DECAYING, "RNN", 500.0, None, 5, None),
+    "lm: flat dL/dx_t, short memory": (
+        LM_SHORT_MEMORY,
         "RNN",
-        500.0,
+        1.0,
+        None,
+        5,
+        (2, "vanishing", 6 / 35),
+    ),
+    "fading dL/dx_t, long memory": (LONG_MEMORY, "RNN", 1.0, None, 5, None),
+    "gru: radius 1.94, memory decaying": (HEALTHY_GRU, "GRU", 1.0, None, 5, None),
+    "gru: radius and dL/dx_t growth, no probe": (
+        replace(GROWING, memory_horizon=None),
+        "GRU",
+        1.0,
+        None,
+        5,
+        None,
+    ),
+    "gru: memory grows": (GRU_MEMORY_GROWS, "GRU", 1.0, None, 5, (0, "exploding", math.exp(0.4))),
+    "lstm: memory grows, small radius": (
+        replace(GRU_MEMORY_GROWS, spectral_radius=0.9),
+        "LSTM",
+        1.0,
+        None,
+        5,
+        (0, "exploding", math.exp(0.4)),
+    ),
+    "rnn: high radius, dL/dx_t grows, memory decays": (
+        replace(GROWING, memory_horizon=3, memory_decay_rate=0.5, memory_len=8),
+        "RNN",
+        1.0,
+        None,
+        5,
+        None,
+    ),
+    "rnn: high radius, memory grows": (
+        replace(BIG_RADIUS_DECAYING, memory_horizon=2, memory_decay_rate=-0.3, memory_len=40),
+        "RNN",
+        1.0,
         None,
         5,
         (0, "exploding", 2.0),
+    ),
+    "rnn: memory grows, small radius": (
+        replace(GROWING_SMALL_RADIUS, memory_horizon=2, memory_decay_rate=-0.3, memory_len=40),
+        "RNN",
+        1.0,
+        None,
+        5,
+        None,
+    ),
+    "barely growing": (replace(GROWING, decay_rate=-0.05), "RNN", 1.0, None, 5, None),
+    "nan memory": (
+        replace(LM_SHORT_MEMORY, memory_decay_rate=math.nan),
+        "RNN",
+        1.0,
+        None,
+        5,
+        None,
     ),
     "growth with a small radius": (GROWING_SMALL_RADIUS, "RNN", 1.0, None, 5, None),
     "saturated sustained": (HEALTHY_LSTM, "LSTM", 1.0, 0.8, 4, (2, "vanishing", 0.8)),
@@ -155,8 +239,7 @@ def test_fixes_name_the_remedies_of_the_module_type() -> None:
     ("rate", "seq_len", "wording"),
     [
         (-0.7, 8, "(x2.01 per timestep)"),
-        (-0.001, 40, "(x1.04 across the 40 timesteps)"),
-        (-1e-6, 40, "(by a factor e**1e-06 per timestep)"),
+        (-0.001, 1000, "(x2.72 across the 1000 timesteps)"),
     ],
 )
 def test_growth_through_time_never_reads_x1(rate: float, seq_len: int, wording: str) -> None:
@@ -164,6 +247,7 @@ def test_growth_through_time_never_reads_x1(rate: float, seq_len: int, wording: 
     [(_, [finding])] = _feed(summary, 1)
     assert finding.kind == "exploding" and wording in finding.message
     assert "x1 per" not in finding.message
+    assert recurrent_rules._growth(-1e-6, 40) == "by a factor e**1e-06 per timestep"
 
 
 def test_saturation_is_judged_at_reports_with_the_latest_fraction() -> None:

@@ -104,7 +104,11 @@ TABLES: dict[str, Table] = {
         "gated": (_ORTHO, _TBPTT, "layer norm inside the cell"),
         "other": (_ORTHO, _TBPTT),
     },
-    "time_exploding": {"other": (_CLIP, _ORTHO + " or " + _SPECTRAL_NORM, _LOWER_LR, _TBPTT)},
+    "time_exploding": {
+        "lstm": (_CLIP, _LOWER_LR, _TBPTT, "layer norm inside the cell"),
+        "gated": (_CLIP, _LOWER_LR, _TBPTT, "layer norm inside the cell"),
+        "other": (_CLIP, _ORTHO + " or " + _SPECTRAL_NORM, _LOWER_LR, _TBPTT),
+    },
     "saturation": {
         "other": (
             "a smaller init scale of the weights feeding it (input and recurrent)",

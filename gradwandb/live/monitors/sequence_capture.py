@@ -7,22 +7,39 @@ the input and the output sequence, and that tensor hook, in the backward, adds
 :func:`timestep_norm_sums` of the gradient to the module's :class:`Curve` of the step. A
 forward pre-hook makes an input that does not require grad (raw data) require it, so that
 autograd computes dL/dx. Nothing is read back here; the reporting half reads the curves.
+
+Calls and sequences. A module called several times in a step is either continuing one
+sequence (a decoder called once per token, its state passed by hand) or running another one
+(micro-batches, a second sentence): continued calls are stitched in call order (a call of one
+timestep is the next timestep, a longer call adds its timesteps in order), other sequences are
+pooled by timestep index. A call starts a new sequence when it is the module's first in a
+forward of the model (a forward pre-hook on the model marks each forward) or the first after a
+backward through the module; an nn.RNN/LSTM/GRU call also starts one when it gets no initial
+state, and continues the sequence whenever its initial state is the very state (the same
+tensor) the module's previous call returned, even across forwards of the model. On monitored
+steps the hook also keeps the first sequences of the step's first sequence of calls for the
+memory probe (:mod:`gradwandb.live.monitors.memory`). All hooks on the user's modules are
+:class:`~gradwandb.live.capture.ModuleHook` s: a saved or copied model carries none alive.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.hooks import RemovableHandle
 
+from gradwandb.live.capture import ModuleHook
 from gradwandb.live.monitors.base import ModuleMonitor, Tap
+from gradwandb.live.monitors.memory import ProbeInputs
+from gradwandb.live.shield import Shield
 
 RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
+_S = TypeVar("_S", bound="SequenceCapture")
 
 
 def timestep_norm_sums(
@@ -64,7 +81,11 @@ class Curve:
     sums: Tensor | None = None
     counts: list[int] = field(default_factory=list)
 
-    def add(self, sums: Tensor, counts: Sequence[int]) -> None:
+    def add(self, sums: Tensor, counts: Sequence[int], offset: int = 0) -> None:
+        """Pool ``sums`` [C, T] and ``counts`` [T] in at timesteps ``offset`` to ``offset + T``."""
+        if offset:
+            sums = nn.functional.pad(sums, (offset, 0))
+            counts = [0] * offset + list(counts)
         if self.sums is None:
             self.sums, self.counts = sums, list(counts)
             return
@@ -101,6 +122,10 @@ class SequenceTap:
     inputs: Curve = field(default_factory=Curve)
     outputs: Curve = field(default_factory=Curve)
     tensor_hooks: list[RemovableHandle] = field(default_factory=list)
+    offset: int = 0  # where the next call's timesteps go, if it continues the sequence
+    fresh: bool = True  # a new forward of the model (or a backward) since the last call
+    returned: Any = None  # the state the module's last call returned (this step)
+    probe: ProbeInputs = field(default_factory=ProbeInputs)
 
     @property
     def directions(self) -> int:
@@ -113,6 +138,21 @@ class SequenceTap:
         self.step = step
         self.inputs = Curve()
         self.outputs = Curve()
+        self.offset, self.fresh, self.returned = 0, True, None
+        self.probe = ProbeInputs()
+
+    def starts_sequence(self, hx: Any) -> bool:
+        """Whether a call with initial state ``hx`` starts a new sequence (see the module)."""
+        if isinstance(self.module, RECURRENT):
+            if hx is None:
+                return True
+            last = self.returned
+            if isinstance(hx, tuple) and isinstance(last, tuple) and hx and last:
+                if hx[0] is last[0]:
+                    return False
+            elif hx is last:
+                return False
+        return self.fresh
 
 
 class SequenceCapture(ModuleMonitor):
@@ -124,6 +164,8 @@ class SequenceCapture(ModuleMonitor):
     _listed = "recurrent"
     _example = "encoder"
     _taps: list[SequenceTap]
+    probe_sequences: int = 0  # sequences kept per step for the memory probe (0: none)
+    _probe_shield: Shield | None = None
 
     def _watches(self, module: nn.Module) -> bool:
         return isinstance(module, RECURRENT)
@@ -137,11 +179,22 @@ class SequenceCapture(ModuleMonitor):
 
     # _unwatchable: none. A named module that is not recurrent is watched as a sequence module.
 
+    def attach(self: _S) -> _S:
+        """Hook the modules, and the model's forward (each forward starts new sequences)."""
+        if not self._handles:
+            super().attach()
+            self._handles.append(self.model.register_forward_pre_hook(ModuleHook(self._forward)))
+        return self
+
+    def _forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        for tap in self._taps:
+            tap.fresh = True
+
     def _hooks(self, tap: Tap) -> list[RemovableHandle]:
         assert isinstance(tap, SequenceTap)
         m = tap.module
-        pre = m.register_forward_pre_hook(self._pre_hook(tap), with_kwargs=True)
-        post = m.register_forward_hook(self._post_hook(tap), with_kwargs=True)
+        pre = m.register_forward_pre_hook(ModuleHook(self._pre_hook(tap)), with_kwargs=True)
+        post = m.register_forward_hook(ModuleHook(self._post_hook(tap)), with_kwargs=True)
         return [pre, post]
 
     def _pre_hook(self, tap: SequenceTap) -> Callable[..., Any]:
@@ -171,14 +224,25 @@ class SequenceCapture(ModuleMonitor):
             tap.reset(step)  # data of an earlier step that was never reported: dropped
         x = args[0] if args else kwargs.get("input")
         y = out[0] if isinstance(out, tuple) else out
+        recurrent = isinstance(tap.module, RECURRENT)
+        hx = (args[1] if len(args) > 1 else kwargs.get("hx")) if recurrent else None
         # nn.RNN/LSTM/GRU say; any other sequence module is taken as [batch, time, features]
         first = bool(getattr(tap.module, "batch_first", True))
+        if tap.starts_sequence(hx):
+            tap.offset = 0
+            tap.probe.close()
+        offset, tap.fresh = tap.offset, False
+        tap.offset += time_length(x, first) or time_length(y, first)
+        tap.returned = out[1] if recurrent and isinstance(out, tuple) else None
+        shield = self._probe_shield
+        if recurrent and self.probe_sequences and shield is not None and not shield.failed:
+            shield.run(lambda: tap.probe.add(tap.module, args, kwargs, self.probe_sequences))
         for seq, curve, dirs in ((x, tap.inputs, 1), (y, tap.outputs, tap.directions)):
             found = layout(seq, first)
             if found is None:
                 continue
             data, counts, packed = found
-            hook = self._grad_hook(tap, step, curve, counts, packed, first, dirs)
+            hook = self._grad_hook(tap, step, curve, counts, packed, first, dirs, offset)
             tap.tensor_hooks.append(data.register_hook(hook))  # type: ignore[no-untyped-call]
 
     def _grad_hook(
@@ -190,10 +254,12 @@ class SequenceCapture(ModuleMonitor):
         packed: bool,
         batch_first: bool,
         directions: int,
+        offset: int,
     ) -> Callable[[Tensor], None]:
         def hook(grad: Tensor) -> None:
             if self._shield.failed or tap.step != step:
                 return  # a graph of a step already reported, or dropped
+            tap.fresh = True  # a backward went through: the next call is another sequence
 
             def add() -> None:
                 with torch.no_grad():
@@ -203,7 +269,7 @@ class SequenceCapture(ModuleMonitor):
                         batch_sizes=counts if packed else None,
                         directions=directions,
                     )
-                curve.add(sums, counts)
+                curve.add(sums, counts, offset)
 
             self._guard(add)
 
@@ -227,6 +293,21 @@ def input_requiring_grad(
     if in_args:
         return (new, *args[1:]), kwargs
     return args, {**kwargs, "input": new}
+
+
+def time_length(seq: Any, batch_first: bool) -> int:
+    """How many timesteps a sequence argument holds (0: not a sequence).
+
+    >>> time_length(torch.zeros(2, 5, 3), True), time_length(torch.zeros(2, 5, 3), False)
+    (5, 2)
+    """
+    if isinstance(seq, PackedSequence):
+        return len(seq.batch_sizes)
+    if isinstance(seq, Tensor) and seq.dim() == 3:
+        return int(seq.shape[1] if batch_first else seq.shape[0])
+    if isinstance(seq, Tensor) and seq.dim() == 2:
+        return int(seq.shape[0])
+    return 0
 
 
 def layout(seq: Any, batch_first: bool) -> tuple[Tensor, list[int], bool] | None:

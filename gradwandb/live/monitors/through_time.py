@@ -80,6 +80,11 @@ from gradwandb.keys import (
     FIRST_LAST_RATIO,
     HEATMAP,
     HORIZON,
+    MEMORY_COLUMNS,
+    MEMORY_CURVE,
+    MEMORY_DECAY_RATE,
+    MEMORY_FIRST_LAST_RATIO,
+    MEMORY_HORIZON,
     OUTPUT_COLUMNS,
     SEQ_LEN,
     SIGMA_MAX,
@@ -89,6 +94,7 @@ from gradwandb.keys import (
     rnn_key,
 )
 from gradwandb.live.monitors.base import key_name, log10_abs
+from gradwandb.live.monitors.memory import PROBE_SEQUENCES, memory_norms
 from gradwandb.live.monitors.sequence_capture import (
     RECURRENT,
     SequenceCapture,
@@ -230,6 +236,7 @@ class BPTTMonitor(SequenceCapture):
         keys: Keys = Keys(),  # noqa: B008  (frozen, immutable)
         clock: Callable[[], int] | None = None,
         heatmap_every: ScheduleLike | None = 500,
+        probe_sequences: int = PROBE_SEQUENCES,
     ) -> None:
         self._check_model(model)
         if isinstance(horizon_factor, bool) or not isinstance(horizon_factor, (int, float)):
@@ -239,7 +246,20 @@ class BPTTMonitor(SequenceCapture):
                 f"horizon_factor must be in (0, 1), the fraction of the peak gradient norm the "
                 f"horizon counts down to (e.g. 0.1), got {horizon_factor}"
             )
+        if (
+            isinstance(probe_sequences, bool)
+            or not isinstance(probe_sequences, int)
+            or probe_sequences < 0
+        ):
+            raise ValueError(
+                "probe_sequences must be an int >= 0, the sequences of a batch the memory probe "
+                f"re-runs (e.g. 4; 0: no probe), got {probe_sequences!r}"
+            )
         self._start(model, keys, every, clock)
+        self.probe_sequences = probe_sequences
+        self._probe_shield = Shield(
+            "gradwandb.BPTTMonitor", "the memory probe is switched off (the curves go on)"
+        )
         self.horizon_factor = float(horizon_factor)
         self._spectral_at = as_schedule("spectral_every", spectral_every)
         self._heatmap_at = as_schedule("heatmap_every", heatmap_every)
@@ -290,6 +310,9 @@ class BPTTMonitor(SequenceCapture):
             device[f"in{i}"] = tap.inputs.sums
             if tap.outputs.sums is not None:
                 device[f"out{i}"] = tap.outputs.sums
+            memory = self._probe(tap)
+            if memory is not None:
+                device[f"mem{i}"] = memory
         spectral: list[tuple[SequenceTap, list[tuple[str, str | None]]]] = []
         if self._spectral_at(step):
             for j, tap in enumerate(self._taps):
@@ -314,7 +337,9 @@ class BPTTMonitor(SequenceCapture):
                     row[rnn_key(self.keys, tap.name, weight, gate, SIGMA_MAX)] = sigma
             reports = []
             for i, tap in enumerate(ready):
-                curve_row, summary = self._curve_row(tap, step, host[f"in{i}"], host.get(f"out{i}"))
+                curve_row, summary = self._curve_row(
+                    tap, step, host[f"in{i}"], host.get(f"out{i}"), host.get(f"mem{i}")
+                )
                 row.update(curve_row)
                 reports.append((tap, summary))
             for tap in self._taps:
@@ -342,8 +367,23 @@ class BPTTMonitor(SequenceCapture):
             row[bptt_key(self.keys, tap.name, HEATMAP)] = Image(png, caption)
         return row
 
+    def _probe(self, tap: SequenceTap) -> Tensor | None:
+        """The memory probe of ``tap`` on the device (no sync), or None."""
+        shield = self._probe_shield
+        module = tap.module
+        if shield is None or shield.failed or not isinstance(module, nn.RNNBase):
+            return None
+        if not tap.probe.ready:
+            return None
+        return shield.run(lambda: memory_norms(module, tap.probe))
+
     def _curve_row(
-        self, tap: SequenceTap, step: int, inputs: list[float], outputs: list[float] | None
+        self,
+        tap: SequenceTap,
+        step: int,
+        inputs: list[float],
+        outputs: list[float] | None,
+        memory: list[float] | None = None,
     ) -> tuple[dict[str, Value], RecurrentSummary]:
         length = max(len(tap.inputs.counts), len(tap.outputs.counts))
         x = tap.inputs.means(inputs, length)[0]
@@ -358,6 +398,15 @@ class BPTTMonitor(SequenceCapture):
         history = self._history[tap.name]
         history.columns.append((step, list(x)))
         decay, ratio = stats.get(DECAY_RATE), stats.get(FIRST_LAST_RATIO)
+        mem: dict[str, float | int] = {}
+        if memory is not None:
+            rows = [[t, m] for t, m in enumerate(memory)]
+            row[bptt_key(self.keys, tap.name, MEMORY_CURVE)] = Table(MEMORY_COLUMNS, rows)
+            mem = curve_summary(memory, self.horizon_factor)
+            for stat, name in _MEMORY_STATS.items():
+                if stat in mem:
+                    row[bptt_key(self.keys, tap.name, name)] = mem[stat]
+        mem_rate = mem.get(DECAY_RATE)
         summary = RecurrentSummary(
             step=step,
             seq_len=int(stats[SEQ_LEN]),
@@ -366,5 +415,16 @@ class BPTTMonitor(SequenceCapture):
             first_last_ratio=None if ratio is None else float(ratio),
             spectral_radius=history.radius,
             module_type=type(tap.module).__name__,
+            memory_horizon=int(mem[HORIZON]) if mem else None,
+            memory_decay_rate=None if mem_rate is None else float(mem_rate),
+            memory_len=int(mem[SEQ_LEN]) if mem else None,
         )
         return row, summary
+
+
+# the memory curve's summaries and their keys
+_MEMORY_STATS = {
+    HORIZON: MEMORY_HORIZON,
+    DECAY_RATE: MEMORY_DECAY_RATE,
+    FIRST_LAST_RATIO: MEMORY_FIRST_LAST_RATIO,
+}

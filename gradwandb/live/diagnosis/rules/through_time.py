@@ -1,14 +1,22 @@
 """The rules through time, per recurrent module, over ``record.through_time`` (the monitors'
-:class:`~gradwandb.live.record.RecurrentSummary` s; the layer is the module's name):
+:class:`~gradwandb.live.record.RecurrentSummary` s; the layer is the module's name).
 
-- **vanishing** (error): the effective horizon under ``horizon_frac`` of the sequence length,
-  or (with activation health on) the module's activations saturated over ``saturation``
+Which curve they judge. When the memory probe ran (``memory_horizon`` is set), the rules judge
+the recurrence's memory, ||d h_T / d x_t||, which does not depend on how many loss terms there
+are; otherwise the input-gradient curve dL/dx_t (where the loss's gradient lands in time, which
+with a loss at every timestep stays flat however fast the recurrence forgets).
+
+- **vanishing** (error): the horizon under ``horizon_frac`` of the sequence length, or (with
+  activation health on) the module's activations saturated over ``saturation``
   (``record.activations[module][saturated_frac]``, its latest value), for ``sustain``
   consecutive reports of that module. A report of a step with NaN/Inf gradients, or with
   non-finite summaries, says nothing about the horizon and is skipped.
-- **exploding** (error): the largest spectral radius of the recurrent weights over
-  ``radius_limit`` while the gradient grows going back in time (decay rate < 0) or the global
-  norm of that step is over ``explode_global``.
+- **exploding** (error): the judged curve grows going back in time, by more than
+  :data:`MIN_GROWTH` across the sequence (decay rate < 0), and, for a vanilla nn.RNN, the
+  largest spectral radius of its recurrent weights is over ``radius_limit``. A gated cell
+  (LSTM, GRU) needs the memory probe: the radius of one of its gate blocks is not the gain of
+  the recurrence (the gates multiply it by sigmoid and tanh derivatives), and dL/dx_t grows
+  toward early timesteps with a loss at every timestep, so neither says it explodes.
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ from gradwandb.live.diagnosis.emit import Emitter, g
 from gradwandb.live.diagnosis.state import Streak
 from gradwandb.live.diagnosis.thresholds import Thresholds
 from gradwandb.live.record import RecurrentSummary, StepRecord
+
+MIN_GROWTH = 2.0  # growth going back in time, across the sequence, that counts as exploding
+_GATED = ("LSTM", "GRU")
 
 
 class ThroughTimeRules:
@@ -54,7 +65,7 @@ class ThroughTimeRules:
             kind = summary.module_type or record.module_types.get(module, "")
             what = f"'{module}' ({kind})" if kind else f"'{module}'"
             self._horizon(module, kind, what, summary, finite, out)
-            self._exploding(module, what, summary, record.global_norm, out)
+            self._exploding(module, kind, what, summary, out)
             saturated = self._latest.get(module)
             if saturated is not None:
                 self._saturation(module, what, summary.step, saturated, out)
@@ -70,47 +81,83 @@ class ThroughTimeRules:
     ) -> None:
         t = self.thresholds
         streak = self._short.setdefault(module, Streak())
-        growing = s.decay_rate is not None and s.decay_rate < 0.0  # a short horizon of growth
-        usable = finite and all(
-            x is None or math.isfinite(x) for x in (s.decay_rate, s.first_last_ratio)
-        )
-        if not usable or s.seq_len < 2 or growing or s.horizon >= t.horizon_frac * s.seq_len:
+        memory = s.memory_horizon is not None
+        if memory:
+            horizon, length, rate = s.memory_horizon, s.memory_len or s.seq_len, s.memory_decay_rate
+            summaries: tuple[float | None, ...] = (rate,)
+        else:
+            horizon, length, rate = s.horizon, s.seq_len, s.decay_rate
+            summaries = (rate, s.first_last_ratio)
+        assert horizon is not None
+        growing = rate is not None and rate < 0.0  # a short horizon of growth
+        usable = finite and all(x is None or math.isfinite(x) for x in summaries)
+        if not usable or length < 2 or growing or horizon >= t.horizon_frac * length:
             streak.miss()
             return
         lasting = streak.hit(s.step)
         if lasting < t.sustain:
             return
-        early = ""
-        if s.first_last_ratio is not None:
-            early = f"; the first timestep gets {g(s.first_last_ratio)} of the last one's"
+        if memory:
+            text = (
+                f"the memory of {what} fades within {horizon} of {length} timesteps (under "
+                f"{t.horizon_frac:g} of the sequence) for {lasting} reports since step "
+                f"{streak.since}: its final state barely depends on inputs more than {horizon} "
+                "steps back, so early inputs barely learn"
+            )
+        else:
+            early = ""
+            if s.first_last_ratio is not None:
+                early = f"; the first timestep gets {g(s.first_last_ratio)} of the last one's"
+            text = (
+                f"gradient through time in {what} fades within {horizon} of {length} "
+                f"timesteps (under {t.horizon_frac:g} of the sequence) for {lasting} reports "
+                f"since step {streak.since}{early}: early inputs barely learn"
+            )
         out.emit(
             "vanishing",
             "error",
             module,
             streak.since,
-            s.horizon / s.seq_len,
-            lambda: (
-                f"gradient through time in {what} fades within {s.horizon} of {s.seq_len} "
-                f"timesteps (under {t.horizon_frac:g} of the sequence) for {lasting} reports "
-                f"since step {streak.since}{early}: early inputs barely learn"
-            ),
+            horizon / length,
+            text,
             remedy="time_vanishing",
             family=fixes.time_family(module_type),
         )
 
     def _exploding(
-        self, module: str, what: str, s: RecurrentSummary, global_norm: float, out: Emitter
+        self, module: str, module_type: str, what: str, s: RecurrentSummary, out: Emitter
     ) -> None:
-        t, radius, rate = self.thresholds, s.spectral_radius, s.decay_rate
-        if radius is None or not radius > t.radius_limit or not out.fresh("exploding", module):
+        t, radius = self.thresholds, s.spectral_radius
+        if not out.fresh("exploding", module):
             return
-        growing = rate is not None and rate < 0.0
-        if not (growing or global_norm > t.explode_global):
+        memory = s.memory_horizon is not None
+        rate, length = (
+            (s.memory_decay_rate, s.memory_len or s.seq_len)
+            if memory
+            else (s.decay_rate, s.seq_len)
+        )
+        gated = module_type in _GATED
+        if gated and not memory:
+            return  # neither a gate block's radius nor dL/dx_t says a gated cell explodes
+        if rate is None or not _grows(rate, length):
             return
-        if rate is not None and growing:
-            why = "the gradient grows going back in time (" + _growth(rate, s.seq_len) + ")"
-        else:
-            why = f"the global gradient norm is {g(global_norm)}, over {g(t.explode_global)}"
+        what_grows = "its memory (d h_T / d x_t)" if memory else "the gradient"
+        why = f"{what_grows} grows going back in time ({_growth(rate, length)})"
+        if gated:
+            out.emit(
+                "exploding",
+                "error",
+                module,
+                s.step,
+                math.exp(min(-rate, 700.0)),
+                f"the recurrence of {what} amplifies: {why} at step {s.step}: its final state "
+                "depends more on early inputs than on recent ones",
+                remedy="time_exploding",
+                family=fixes.time_family(module_type),
+            )
+            return
+        if radius is None or not radius > t.radius_limit:
+            return
         out.emit(
             "exploding",
             "error",
@@ -120,6 +167,7 @@ class ThroughTimeRules:
             f"recurrent weights of {what} have spectral radius {g(radius)}, over "
             f"{g(t.radius_limit)}, and {why} at step {s.step}",
             remedy="time_exploding",
+            family=fixes.time_family(module_type),
         )
 
     def _saturation(self, module: str, what: str, step: int, frac: float, out: Emitter) -> None:
@@ -144,6 +192,16 @@ class ThroughTimeRules:
             ),
             remedy="saturation",
         )
+
+
+def _grows(rate: float, seq_len: int) -> bool:
+    """True when a curve of decay rate ``rate`` grows going back in time by more than
+    :data:`MIN_GROWTH` across ``seq_len`` timesteps.
+
+    >>> _grows(-0.7, 8), _grows(-0.001, 40), _grows(0.5, 40)
+    (True, False, False)
+    """
+    return math.isfinite(rate) and -rate * max(seq_len - 1, 1) > math.log(MIN_GROWTH)
 
 
 def _growth(rate: float, seq_len: int) -> str:
