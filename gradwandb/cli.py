@@ -51,12 +51,12 @@ def clip_value(text: str) -> float | None:
 
 
 def demo(parser: argparse.ArgumentParser) -> Handler:
-    """Train a seq2seq RNN whose gradients explode, then the fix gradwandb suggests; log both."""
+    """Train a seq2seq RNN whose gradients explode, then with the fix gradwandb suggests."""
     parser.description = (
-        "Two W&B runs of a seq2seq model learning to reverse sequences: demo-broken (a vanilla "
-        "RNN whose recurrent weights start too large, no clipping) and demo-fixed (the fixes "
-        "gradwandb's diagnosis suggests: --cell, orthogonal recurrent weights, --clip). Prints "
-        "each run's loss, accuracy and diagnosis, and where the runs are."
+        "Two W&B runs of a seq2seq RNN learning to reverse sequences: demo-broken (recurrent "
+        "weights that start too large, no clipping) and demo-fixed (fixes gradwandb's diagnosis "
+        "suggests: orthogonal recurrent weights, --clip, and --cell if you choose another). "
+        "Prints each run's loss, accuracy and diagnosis, and where the runs are."
     )
     parser.add_argument("--steps", type=positive_int, default=600, help="optimizer steps per run")
     parser.add_argument("--batch", type=positive_int, default=128, help="sequences per batch")
@@ -64,7 +64,7 @@ def demo(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--vocab", type=_vocab_size, default=12, help="vocabulary size")
     parser.add_argument("--hidden", type=positive_int, default=64, help="hidden size")
     parser.add_argument(
-        "--cell", choices=sorted(CELLS), default="gru", help="the fixed run's recurrent cell"
+        "--cell", choices=sorted(CELLS), default="rnn", help="the fixed run's recurrent cell"
     )
     parser.add_argument(
         "--lr", type=positive_float, default=1e-2, help="Adam learning rate (cosine decay)"

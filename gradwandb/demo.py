@@ -1,14 +1,16 @@
-"""The demo: a seq2seq model whose gradients explode, gradwandb's diagnosis, and the fix.
+"""The demo: a seq2seq RNN whose gradients explode, gradwandb's diagnosis, and the fix.
 
-This is what ``gradwandb demo`` runs: two W&B runs of the same encoder-decoder learning to
-reverse random sequences, on the same data with the same optimizer.
+This is what ``gradwandb demo`` runs: two W&B runs of the same encoder-decoder (a vanilla
+``nn.RNN`` each way) learning to reverse random sequences, on the same batches with the same
+optimizer and learning rate.
 
-- ``demo-broken``: a vanilla ``nn.RNN`` whose recurrent weights start with a spectral radius
-  of about 5, without clipping. The gradient grows at every timestep it travels back, the
-  global gradient norm starts in the hundreds, and the model barely gets below chance.
-  gradwandb diagnoses ``exploding`` and says what to try.
-- ``demo-fixed``: the first fixes it suggests: an ``nn.GRU``, orthogonal recurrent weights
-  (spectral radius 1) and ``clip=1.0``. gradwandb finds it healthy, and it learns the task.
+- ``demo-broken``: the recurrent weights start with a spectral radius of about 5 and nothing
+  clips. The gradient grows at every timestep it travels back, the global gradient norm starts
+  in the hundreds, and the model barely gets below chance. gradwandb diagnoses ``exploding``
+  and says what to try.
+- ``demo-fixed``: two of the fixes it suggests, with no change to the model: orthogonal
+  recurrent weights (spectral radius 1) and ``clip=1.0``. gradwandb finds it healthy, and it
+  learns the task. ``cell="gru"`` or ``"lstm"`` tries another suggested fix as well.
 
 Both runs log to W&B offline unless told otherwise, so the demo needs no account; at the end it
 prints where each run was written and how to look at it.
@@ -131,7 +133,7 @@ def run_demo(
     seq_len: int = 8,
     vocab: int = 12,
     hidden: int = 64,
-    cell: str = "gru",
+    cell: str = "rnn",
     lr: float = 1e-2,
     clip: float | None = 1.0,
     only: str | None = None,
@@ -150,8 +152,8 @@ def run_demo(
         seq_len: length of each sequence.
         vocab: vocabulary size (token 0 is reserved for the decoder's start token).
         hidden: hidden (and embedding) size of the encoder and decoder.
-        cell: the fixed run's recurrent cell, one of ``"rnn"``, ``"lstm"``, ``"gru"`` (the
-            broken run's is always a vanilla ``"rnn"``).
+        cell: the fixed run's recurrent cell, one of ``"rnn"`` (the broken run's, always),
+            ``"lstm"``, ``"gru"``.
         lr: Adam's learning rate, decayed to 0 over the steps (cosine); the same for both runs.
         clip: the fixed run's max global gradient norm, or None (the broken run never clips).
         only: train only ``"broken"`` or ``"fixed"``; None (default) trains both.
@@ -190,7 +192,8 @@ def run_demo(
         if only not in (None, label):
             continue
         setup = setups[label]
-        print(f"\n{setup.name}: {setup.describe()}")
+        trying = "trying the fixes: " if label == "fixed" else ""
+        print(f"\n{setup.name}, {trying}{setup.describe()}")
         done[label] = _train(setup, config, project, group, dir, progress)
         print(describe_run(done[label]))
     result = DemoResult(done.get("broken"), done.get("fixed"), project)
