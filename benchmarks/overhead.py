@@ -234,7 +234,10 @@ def attach(arm: Arm, run: Any) -> Detach:
         run.watch(arm.model, log="gradients", log_freq=1, idx=0)
         return lambda: run.unwatch(arm.model)
     if arm.variant in WATCH_KWARGS:
-        tracker = gradwandb.watch(arm.model, arm.optimizer, run=run, **WATCH_KWARGS[arm.variant])
+        kwargs = dict(WATCH_KWARGS[arm.variant])
+        if not any(isinstance(m, torch.nn.RNNBase) for m in arm.model.modules()):
+            kwargs.pop("bptt_every", None)  # nothing to watch through time: the default
+        tracker = gradwandb.watch(arm.model, arm.optimizer, run=run, **kwargs)
         return tracker.remove
     return lambda: None
 

@@ -37,6 +37,10 @@ class HookSet:
     def __contains__(self, name: str) -> bool:
         return name in self._handles
 
+    def pop(self, name: str) -> RemovableHandle:
+        """Take one handle out of the set (the caller removes it)."""
+        return self._handles.pop(name)
+
     def remove(self, keep: str | None = None) -> None:
         """Remove everything, except the handle called ``keep`` (the hook now running)."""
         for name in [n for n in self._handles if n != keep]:
@@ -209,3 +213,30 @@ def wrap_method(hooks: HookSet, obj: Any, name: str, around: Callable[..., Any])
             delattr(obj, name)
 
     hooks.on_remove(undo)
+
+
+def learn_run_order(
+    hooks: HookSet, model: nn.Module, learned: Callable[[list[nn.Module]], None]
+) -> None:
+    """Call ``learned(modules)`` once, after the model's first forward, with its submodules in
+    the order they first ran (the modules that did not run are left out).
+
+    One forward pre-hook per submodule, all removed after that forward: a one-time cost.
+    """
+    order: dict[int, nn.Module] = {}
+    names: list[str] = []
+
+    def ran(module: nn.Module, args: Any) -> None:
+        order.setdefault(id(module), module)
+
+    def done(module: nn.Module, args: Any, out: Any) -> None:
+        for name in names:
+            if name in hooks:
+                hooks.pop(name).remove()
+        learned(list(order.values()))
+
+    for i, sub in enumerate(model.modules()):
+        names.append(f"order{i}")
+        hooks.add(names[-1], sub.register_forward_pre_hook(ModuleHook(ran)))
+    names.append("order-done")
+    hooks.add(names[-1], model.register_forward_hook(ModuleHook(done)))

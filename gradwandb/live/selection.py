@@ -42,6 +42,37 @@ def _matcher(params: ParamFilter) -> Callable[[str, nn.Parameter], bool]:
     return lambda name, p: name.startswith(prefixes)
 
 
+# Wrappers whose own name a user never wrote: their inner module's names are the user's.
+_WRAPPED_SEGMENTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+
+
+def user_name(name: str) -> str:
+    """A parameter's name as the user wrote it, without the segments wrappers insert.
+
+    >>> user_name("_orig_mod.encoder._fsdp_wrapped_module.weight")
+    'encoder.weight'
+    """
+    return ".".join(part for part in name.split(".") if part not in _WRAPPED_SEGMENTS)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile`` / ``DataParallel`` / ``DistributedDataParallel``.
+
+    >>> inner = torch.nn.Linear(2, 1)
+    >>> unwrap(torch.nn.DataParallel(inner)) is inner
+    True
+    """
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, wrappers) and isinstance(model.module, nn.Module):
+            model = model.module
+        else:
+            return model
+
+
 def select_parameters(
     model: nn.Module, params: ParamFilter = None
 ) -> list[tuple[str, nn.Parameter]]:
@@ -54,7 +85,7 @@ def select_parameters(
             f"model must be a torch.nn.Module, got {type(model).__name__}; "
             "pass the model itself, e.g. gradwandb.watch(model, optimizer)"
         )
-    named = list(model.named_parameters())
+    named = [(user_name(n), p) for n, p in unwrap(model).named_parameters()]
     if not named:
         raise ValueError(
             f"nothing to watch: {type(model).__name__} has no parameters; "
@@ -123,7 +154,8 @@ def parameter_info(model: nn.Module, watched: Sequence[str]) -> ParameterInfo:
     watched_set = set(watched)
     rows = []
     total = trainable = 0
-    for name, p in model.named_parameters():
+    for raw, p in unwrap(model).named_parameters():
+        name = user_name(raw)
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
         rows.append(
@@ -162,7 +194,7 @@ def unnamed_in_optimizers(
     >>> [name for name, _ in unnamed_in_optimizers(model, [opt])]
     ['param_groups.1.0']
     """
-    held = {id(p) for p in model.parameters()}
+    held = {id(p) for p in unwrap(model).parameters()}
     out: list[tuple[str, nn.Parameter]] = []
     for o, optimizer in enumerate(optimizers):
         prefix = f"optimizer{o}." if len(optimizers) > 1 else ""

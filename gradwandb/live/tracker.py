@@ -38,7 +38,14 @@ from gradwandb import keys as K
 from gradwandb.keys import Keys
 from gradwandb.live import user_clip
 from gradwandb.live.assembly import Pending, Plan, assemble
-from gradwandb.live.capture import BackwardEnd, HookSet, ModuleHook, OptimizerSteps, wrap_method
+from gradwandb.live.capture import (
+    BackwardEnd,
+    HookSet,
+    ModuleHook,
+    OptimizerSteps,
+    learn_run_order,
+    wrap_method,
+)
 from gradwandb.live.clip.policy import ClipPolicy
 from gradwandb.live.diagnosis.findings import Diagnosis
 from gradwandb.live.guard import Guard, drop_grads
@@ -147,6 +154,8 @@ class Tracker:
         self._hooks.add(
             "forward", model.register_forward_pre_hook(ModuleHook(self._before_forward))
         )
+        self._rank: dict[int, int] = {}  # id(param) -> position of its module in run order
+        learn_run_order(self._hooks, model, lambda ran: self._shielded(lambda: self._ran(ran)))
         if scaler is not None:
             wrap_method(self._hooks, scaler, "step", self._scaler_step)
         self._hooks.on_remove(user_clip.listen(self))
@@ -358,6 +367,7 @@ class Tracker:
             norms = torch.stack([given[id(g)] for g in now.grads]).double()  # torch's own pass
         else:
             norms = S.grad_norms(values)
+        norms = S.without_overflow(norms, values)
         names = [self.names[i] for i in now.index]
         skipped = self._guard is not None and self._guard_trips(k, names, values, norms)
         if skipped:
@@ -540,6 +550,27 @@ class Tracker:
         self._params = [p for _, p in named]
         if self._backward_end is not None:
             self._backward_end.refresh(self._params)
+        self.sink.summary({self.keys.scalar(K.PARAM_ORDER): list(self.names)})
+        self._reorder()
+
+    def _ran(self, modules: Sequence[nn.Module]) -> None:
+        """The first forward told the order the modules run in: name parameters in it."""
+        for position, module in enumerate(modules):
+            for p in module.parameters(recurse=False):
+                self._rank.setdefault(id(p), position)
+        self._reorder()
+
+    def _reorder(self) -> None:
+        """Watched parameters in the order their modules ran (those that did not run last, in
+        registration order): the order culprits and layers are named in."""
+        last = len(self._rank)
+        order = sorted(
+            range(len(self._params)), key=lambda i: (self._rank.get(id(self._params[i]), last), i)
+        )
+        if order == list(range(len(self._params))):
+            return
+        self.names = [self.names[i] for i in order]
+        self._params = [self._params[i] for i in order]
         self.sink.summary({self.keys.scalar(K.PARAM_ORDER): list(self.names)})
 
     # -- the end ---------------------------------------------------------------------------

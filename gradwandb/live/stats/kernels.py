@@ -26,6 +26,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy
 import torch
 from torch import Tensor
 
@@ -73,17 +74,26 @@ def _foreach_rows(tensors: Sequence[Tensor], orders: Sequence[float]) -> Tensor:
 
 
 def _cpu_norms(flats: Sequence[Tensor]) -> Tensor:
-    """L2 norms as ``sqrt(dot(g, g))``: one BLAS pass, fast even on denormals (CPU).
+    """L2 norms as ``sqrt(dot(g, g))``: one BLAS pass, fast even on denormals (CPU)."""
+    return torch.stack([torch.dot(f, f) for f in flats]).double().sqrt()
+
+
+def without_overflow(norms: Tensor, tensors: Sequence[Tensor]) -> Tensor:
+    """``norms`` of ``tensors`` with every float32 overflow of finite values recomputed.
 
     A float32 sum of squares overflows for norms past ~1.8e19 although every element is
-    finite; those norms (read on the host, which on the CPU is no sync) are recomputed scaled
-    in float64, so finite gradients never get an infinite norm (and clipping scales them).
+    finite. On the CPU, where reading a tensor is no sync, such norms are recomputed scaled in
+    float64 (in place), so finite gradients never get an infinite norm and clipping scales
+    them. On an accelerator the norms are returned as they are (as ``clip_grad_norm_`` has
+    them): finding them would need a sync.
     """
-    norms = torch.stack([torch.dot(f, f) for f in flats]).double().sqrt()
-    if not bool(torch.isfinite(norms).all()):
-        for i in (~torch.isfinite(norms)).nonzero().flatten().tolist():
-            if bool(torch.isfinite(flats[i]).all()):
-                norms[i] = exact_norms([flats[i]])[0]
+    if norms.device.type != "cpu":
+        return norms
+    host = norms.numpy()  # a view of CPU memory: no copy, no sync
+    for i in (~numpy.isfinite(host)).nonzero()[0].tolist():
+        flat = _accumulator(tensors[i].detach())
+        if numpy.isfinite(flat.numpy()).all():  # finite values: the squares overflowed
+            norms[i] = exact_norms([flat])[0]
     return norms
 
 
