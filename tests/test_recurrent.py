@@ -743,3 +743,227 @@ def test_a_heatmap_that_fails_to_draw_warns_once_and_the_curves_go_on(
 def test_on_summary_is_gone() -> None:
     with pytest.raises(TypeError, match="on_summary"):
         BPTTMonitor(nn.RNN(3, 4), on_summary=print)  # type: ignore[call-arg]
+
+
+# -- calls of one sequence: a decoder called once per token -------------------------------
+
+
+class TokenDecoder(nn.Module):
+    """The attention-decoder tutorial's shape: the recurrent module called once per target
+    token within one forward, its state passed by hand (``carry`` changes it between calls,
+    as a decoder that mixes in an attention context does)."""
+
+    def __init__(self, kind: type[nn.RNNBase], carry: Callable[[Any], Any] | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = kind(5, 7, batch_first=True, dtype=torch.float64)
+        self.carry = carry
+
+    def forward(self, x: Tensor, per_token: bool = True) -> tuple[Tensor, Any]:
+        if not per_token:
+            return self.rnn(x)  # type: ignore[no-any-return]
+        state: Any = None
+        outs = []
+        for t in range(x.shape[1]):
+            out, state = self.rnn(x[:, t : t + 1], state)
+            if self.carry is not None:
+                state = self.carry(state)
+            outs.append(out)
+        return torch.cat(outs, dim=1), state
+
+
+def _decoder_row(model: TokenDecoder, xs: Sequence[Tensor], per_token: bool) -> Row:
+    """One step of ``model`` over the micro-batches ``xs`` (a loss at every timestep)."""
+    monitor = BPTTMonitor(model, every=1, spectral_every=None, heatmap_every=None).attach()
+    for x in xs:
+        out, _ = model(x, per_token)
+        _loss(out, out[:, -1:].transpose(0, 1), torch.Generator().manual_seed(3)).backward()
+    row = monitor(_record(0))
+    monitor.remove()
+    model.zero_grad()
+    assert row is not None
+    return row
+
+
+@pytest.mark.parametrize("kind", [nn.RNN, nn.LSTM, nn.GRU])
+def test_a_module_called_once_per_token_is_one_sequence(kind: type[nn.RNNBase]) -> None:
+    model = TokenDecoder(kind)
+    x = _inputs((6, 9, 5), seed=20)
+    stitched = _decoder_row(model, [x], per_token=True)
+    whole = _decoder_row(model, [x], per_token=False)  # the same sequence in one call
+    name = "rnn"
+    assert stitched[f"bptt/{name}/seq_len"] == 9
+    for column, values in _curve(whole, name).items():
+        assert _curve(stitched, name)[column] == _close(values)
+    memory = [r[1] for r in whole[f"bptt/{name}/memory_curve"].rows]  # type: ignore[union-attr]
+    assert [r[1] for r in stitched[f"bptt/{name}/memory_curve"].rows] == _close(memory)  # type: ignore[union-attr]
+
+
+def test_calls_within_one_forward_are_stitched_even_when_the_state_is_changed() -> None:
+    model = TokenDecoder(nn.GRU, carry=lambda h: 0.9 * h)  # not the state the call returned
+    x = _inputs((3, 6, 5), seed=21)
+    xs = [x[:, t : t + 1].detach().clone().requires_grad_() for t in range(6)]
+    monitor = BPTTMonitor(model, every=1, spectral_every=None, heatmap_every=None).attach()
+    state, outs = None, []
+    for xt in xs:  # the loop of TokenDecoder.forward, with a leaf per timestep
+        out, state = model.rnn(xt, state)
+        state = 0.9 * state
+        outs.append(out)
+    # outside a forward of the model: calls go on one sequence until a backward
+    torch.cat(outs, dim=1).pow(2).sum().backward()
+    row = monitor(_record(0)) or {}
+    expected = [float(xt.grad.norm(dim=-1).mean()) for xt in xs if xt.grad is not None]
+    assert row["bptt/rnn/seq_len"] == 6
+    assert _curve(row, "rnn")["input_grad_norm"] == _close(expected)
+    # ... and within one forward of the model
+    model.zero_grad()
+    gen = torch.Generator().manual_seed(3)
+    out, _ = model(x)
+    _loss(out, out[:, -1:].transpose(0, 1), gen).backward()
+    row = monitor(_record(1)) or {}
+    monitor.remove()
+    assert row["bptt/rnn/seq_len"] == 6
+
+
+def test_forwards_of_one_step_are_pooled_when_each_decodes_per_token() -> None:
+    model = TokenDecoder(nn.LSTM, carry=lambda s: (s[0] * 1.0, s[1]))
+    first, second = _inputs((4, 7, 5), seed=22), _inputs((4, 7, 5), seed=23)
+    both = _curve(_decoder_row(model, [first, second], per_token=True), "rnn")
+    one = _curve(_decoder_row(model, [first], per_token=False), "rnn")
+    two = _curve(_decoder_row(model, [second], per_token=False), "rnn")
+    for column, values in both.items():
+        assert len(values) == 7
+        assert values == _close(
+            [(a + b) / 2 for a, b in zip(one[column], two[column], strict=True)]
+        )
+
+
+def test_forwards_that_carry_the_returned_state_continue_the_sequence() -> None:
+    # the older tutorial loop: the training code calls the model once per token
+    torch.manual_seed(0)
+    rnn = nn.GRU(5, 7, batch_first=True, dtype=torch.float64)
+    x = _inputs((3, 5, 5), seed=24)
+    monitor = BPTTMonitor(rnn, every=1, spectral_every=None, heatmap_every=None).attach()
+    state, outs = None, []
+    for t in range(5):
+        out, state = rnn(x[:, t : t + 1], state)  # each call is a forward of the model
+        outs.append(out)
+    torch.cat(outs, dim=1).pow(2).sum().backward()
+    stitched = monitor(_record(0)) or {}
+    rnn.zero_grad()
+    out, _ = rnn(x)
+    out.pow(2).sum().backward()
+    whole = monitor(_record(1)) or {}
+    monitor.remove()
+    assert stitched["bptt/gru/seq_len"] == 5
+    assert _curve(stitched, "gru") == {k: _close(v) for k, v in _curve(whole, "gru").items()}
+
+
+def test_calls_without_a_state_are_other_sequences() -> None:
+    class Siamese(nn.Module):  # one encoder over two sentences in one forward
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.encoder = nn.LSTM(5, 7, batch_first=True, dtype=torch.float64)
+
+        def forward(self, a: Tensor, b: Tensor) -> Tensor:
+            return self.encoder(a)[1][0][-1] - self.encoder(b)[1][0][-1]
+
+    model = Siamese()
+    a, b = _inputs((2, 6, 5), seed=25), _inputs((2, 6, 5), seed=26)
+    leaves = [a.clone().requires_grad_(), b.clone().requires_grad_()]
+    monitor = BPTTMonitor(model, every=1, spectral_every=None, heatmap_every=None).attach()
+    model(*leaves).pow(2).sum().backward()
+    row = monitor(_record(0)) or {}
+    monitor.remove()
+    assert row["bptt/encoder/seq_len"] == 6
+    per = [leaf.grad.norm(dim=-1).mean(0) for leaf in leaves if leaf.grad is not None]
+    assert _curve(row, "encoder")["input_grad_norm"] == _close(((per[0] + per[1]) / 2).tolist())
+
+
+def test_seq2seq_decoding_per_token_logs_the_target_length() -> None:
+    class TokenSeq2Seq(Seq2Seq):
+        def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+            _, state = self.encoder(self.encoder_embedding(src))
+            logits = []
+            for t in range(tgt_in.shape[1]):
+                out, state = self.decoder(self.decoder_embedding(tgt_in[:, t : t + 1]), state)
+                logits.append(self.head(out))
+            return torch.cat(logits, dim=1)
+
+    torch.manual_seed(0)
+    model = TokenSeq2Seq(vocab=10, hidden=8, cell="gru")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sink = MemorySink()
+    gen = torch.Generator().manual_seed(0)
+    with gradwandb.watch(model, opt, sink=sink, bptt_every=2):
+        for _ in range(3):
+            src, tgt_in, tgt_out = reverse_batch(4, 7, 10, gen)
+            src = src[:, :5]  # a source of 5, a target of 7
+            opt.zero_grad()
+            seq2seq_loss(model, (src, tgt_in, tgt_out)).backward()
+            opt.step()
+    logged = [r for _, r in sink.rows if "bptt/decoder/seq_len" in r]
+    assert len(logged) == 2
+    for row in logged:
+        assert (row["bptt/encoder/seq_len"], row["bptt/decoder/seq_len"]) == (5, 7)
+        assert len(_curve(row, "decoder")["input_grad_norm"]) == 7
+        assert "bptt/decoder/memory_horizon" in row
+
+
+# -- saving and copying a watched model -----------------------------------------------------
+
+
+def test_a_watched_model_saves_copies_and_pickles_without_live_hooks() -> None:
+    import copy
+    import io
+    import pickle
+
+    from gradwandb.live.capture import InertHook, ModuleHook
+
+    torch.manual_seed(0)
+    model = Seq2Seq(vocab=10, hidden=8, cell="lstm")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sink = MemorySink()
+    gen = torch.Generator().manual_seed(0)
+    with gradwandb.watch(model, opt, sink=sink, bptt_every=1, activations_every=1):
+        for _ in range(2):
+            opt.zero_grad()
+            seq2seq_loss(model, reverse_batch(4, 5, 10, gen)).backward()
+            opt.step()
+        ours = [
+            h
+            for m in model.modules()
+            for table in (m._forward_pre_hooks, m._forward_hooks)
+            for h in table.values()
+        ]
+        assert len(ours) >= 5 and all(isinstance(h, ModuleHook) for h in ours)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        copies = [
+            torch.load(buffer, weights_only=False),
+            copy.deepcopy(model),
+            pickle.loads(pickle.dumps(model)),
+        ]
+        for clone in copies:
+            hooks = [
+                h
+                for m in clone.modules()
+                for table in (m._forward_pre_hooks, m._forward_hooks)
+                for h in table.values()
+            ]
+            assert len(hooks) == len(ours) and all(isinstance(h, InertHook) for h in hooks)
+            clone_opt = torch.optim.SGD(clone.parameters(), lr=0.1)
+            before = clone.head.weight.detach().clone()
+            loss = seq2seq_loss(clone, reverse_batch(4, 5, 10, gen))
+            clone_opt.zero_grad()
+            loss.backward()
+            clone_opt.step()
+            assert not torch.equal(before, clone.head.weight)
+        rows_before = len(sink.rows)
+        opt.zero_grad()
+        seq2seq_loss(model, reverse_batch(4, 5, 10, gen)).backward()
+        opt.step()
+    assert len(sink.rows) == rows_before + 1  # the copies' training logged nothing
+    assert "bptt/decoder/memory_curve" in sink.rows[-1][1]

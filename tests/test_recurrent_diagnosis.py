@@ -469,6 +469,41 @@ def test_rnn_with_twice_orthogonal_recurrence_explodes_through_time() -> None:
     assert len(exploding) == 1
     assert exploding[0].value == pytest.approx(2.0, rel=1e-3)
     assert "spectral radius 2" in exploding[0].message
+    assert "its memory (d h_T / d x_t) grows going back in time" in exploding[0].message
+
+
+def test_a_healthy_trained_gru_seq2seq_is_not_exploding() -> None:
+    # A gate block's raw spectral radius ends far over the limit in training (the gates
+    # scale it by sigmoid/tanh derivatives); the memory probe says the recurrence is stable.
+    from gradwandb.models import (
+        Seq2Seq,
+        recurrent_radius,
+        reversal_accuracy,
+        reverse_batch,
+        seq2seq_loss,
+    )
+
+    torch.manual_seed(0)
+    vocab, length = 6, 6
+    model = Seq2Seq(vocab=vocab, hidden=32, cell="gru")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    sink = MemorySink()
+    with gradwandb.watch(model, opt, sink=sink, bptt_every=10, alerts=False) as tracker:
+        for _ in range(250):
+            loss = seq2seq_loss(model, reverse_batch(32, length, vocab, gen))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        report = tracker.diagnosis()
+    assert loss.item() < 0.5
+    assert reversal_accuracy(model, reverse_batch(256, length, vocab, gen)) > 0.7
+    assert recurrent_radius(model) > Thresholds().radius_limit
+    reports = [r for _, r in sink.rows if "bptt/decoder/memory_decay_rate" in r]
+    assert len(reports) == 25
+    assert all(float(r["bptt/decoder/memory_decay_rate"]) > 0 for r in reports[-5:])  # type: ignore[arg-type]
+    assert [f for f in report.findings if f.kind == "exploding"] == []
+    assert report.verdict == "healthy"
 
 
 def test_saturated_recurrent_outputs_are_diagnosed_when_activation_health_is_on() -> None:

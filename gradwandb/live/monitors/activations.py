@@ -34,6 +34,9 @@ record of that step: :meth:`ActivationMonitor.__call__` moves every module's acc
 host in one transfer (:func:`gradwandb.live.stats.kernels.to_host`), the monitor's one sync; a step
 with nothing to report makes none.
 
+The hooks are :class:`~gradwandb.live.capture.ModuleHook` s: ``torch.save(model)``,
+``copy.deepcopy`` and pickling store them as inert no-ops.
+
 >>> import torch, gradwandb
 >>> _ = torch.manual_seed(0)
 >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
@@ -70,6 +73,7 @@ from gradwandb.keys import (
     Keys,
     act_key,
 )
+from gradwandb.live.capture import ModuleHook
 from gradwandb.live.monitors.base import ModuleMonitor, Tap, key_name
 from gradwandb.live.record import StepRecord
 from gradwandb.live.schedules import ScheduleLike
@@ -262,7 +266,7 @@ class ActivationMonitor(ModuleMonitor):
 
     def _hooks(self, tap: Tap) -> list[RemovableHandle]:
         assert isinstance(tap, _Tap)
-        return [tap.module.register_forward_hook(self._hook(tap))]
+        return [tap.module.register_forward_hook(ModuleHook(self._hook(tap)))]
 
     def _hook(self, tap: _Tap) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
         def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
