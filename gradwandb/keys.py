@@ -86,6 +86,8 @@ GRAD_HIST = "grad_hist"  # histogram of the finite gradient values
 GRAD_LOG10_HIST = "grad_log10_hist"  # histogram of log10|g| over finite non-zero values
 PARAM_NORM = "param_norm"  # L2 norm of the weights before the step
 UPDATE_RATIO = "update_ratio"  # |w_after - w_before| / |w_before| of the step
+GRAD_STD = "grad_std"  # population standard deviation of the gradient's elements
+GRAD_MEAN = "grad_mean"  # signed mean of the gradient's elements
 
 PARAM_FAMILIES = (
     GRAD_NORM,
@@ -97,6 +99,8 @@ PARAM_FAMILIES = (
     GRAD_LOG10_HIST,
     PARAM_NORM,
     UPDATE_RATIO,
+    GRAD_STD,
+    GRAD_MEAN,
 )
 
 # Logged once.
@@ -114,7 +118,20 @@ SETTINGS = "gradwandb/settings"  # what the tracker was asked to do: intervals, 
 
 # Diagnosis: the names a reader can rely on.
 VERDICTS = ("healthy", "vanishing", "exploding", "nonfinite")  # in rising precedence
-KINDS = ("exploding", "spike", "vanishing", "flow", "nonfinite", "dead")
+KINDS = (
+    "exploding",
+    "spike",
+    "vanishing",
+    "flow",
+    "nonfinite",
+    "dead",
+    "saturation",  # activations pinned in the flat tails (warning; severe: vanishing)
+    "dead_units",  # ReLU-family units never active in a step (warning)
+    "activation_scale",  # activation std blowing up or collapsing across depth (warning)
+    "unused",  # a trainable parameter that never receives a gradient (warning)
+    "clipping",  # clipping that scales nearly every step far below 1 (warning)
+    "weights",  # weights growing by decades (warning; NaN/Inf weights are nonfinite)
+)
 SEVERITIES = ("warning", "error")
 FINDING_FIELDS = ("kind", "severity", "layer", "step", "value", "message", "fix")
 
@@ -146,6 +163,9 @@ ZERO_FRAC = "zero_frac"  # fraction of elements exactly zero
 MEAN = "mean"  # mean of the elements
 STD = "std"  # population standard deviation of the elements
 ACT_STATS = (SATURATED_FRAC, DEAD_FRAC, ZERO_FRAC, MEAN, STD)
+# act/<module>/forward_nonfinite: 1 at the first module whose output held NaN/Inf in a
+# checked forward (the forward check; on checked steps with a non-finite output only).
+FORWARD_NONFINITE = "forward_nonfinite"
 
 
 # Images, with watch(..., charts=True).

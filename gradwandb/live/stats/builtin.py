@@ -1,7 +1,8 @@
 """The built-in statistics, written as :class:`~gradwandb.Statistic` s like a user's own.
 
 In the order the tracker runs them (a statistic may read what an earlier one put in the
-record): per-layer L2 norm, mean and max abs(g); the second look at non-finite and
+record): per-layer L2 norm, mean and max abs(g); std and signed mean
+(:mod:`~gradwandb.live.stats.spread`); the second look at non-finite and
 underflowed norms (no device work of its own; on bad steps only it makes a pass and a sync);
 weight norm; update ratio (after the optimizer step); histograms.
 
@@ -20,6 +21,7 @@ from gradwandb import keys as K
 from gradwandb.live.record import StepRecord
 from gradwandb.live.sinks import Histogram
 from gradwandb.live.stats import kernels as S
+from gradwandb.live.stats.spread import GRAD_MEAN, GRAD_STD
 from gradwandb.live.stats.statistic import GradientView, Statistic
 
 MAGNITUDES = "magnitudes"  # the view's cache: the [3, n] L2, L1, max matrix of a per-layer step
@@ -119,6 +121,8 @@ BUILTIN: tuple[Statistic, ...] = (
     GRAD_NORM,
     GRAD_MEAN_ABS,
     GRAD_MAX_ABS,
+    GRAD_STD,
+    GRAD_MEAN,
     GRAD_NONFINITE,
     PARAM_NORM,
     UPDATE_RATIO,
