@@ -59,6 +59,7 @@ from gradwandb.live.stats.builtin import BUILTIN, MAGNITUDES
 from gradwandb.live.stats.statistic import GradientView, Statistic
 
 Observer = Callable[[StepRecord], "Mapping[str, Value] | None"]
+_WIDE = (torch.float32, torch.float64)  # norms torch computed in these are ours to reuse
 Reselect = Callable[[], Sequence[tuple[str, nn.Parameter]]]
 
 
@@ -363,7 +364,9 @@ class Tracker:
         stats = S.grad_stats(values) if plan.layers else None  # L2, L1, max in one pass
         if stats is not None:
             norms = stats[S.NORM]
-        elif given is not None and all(id(g) in given for g in now.grads):
+        elif given is not None and all(
+            id(g) in given and given[id(g)].dtype in _WIDE for g in now.grads
+        ):
             norms = torch.stack([given[id(g)] for g in now.grads]).double()  # torch's own pass
         else:
             norms = S.grad_norms(values)
