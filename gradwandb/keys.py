@@ -166,6 +166,10 @@ ACT_STATS = (SATURATED_FRAC, DEAD_FRAC, ZERO_FRAC, MEAN, STD)
 # act/<module>/forward_nonfinite: 1 at the first module whose output held NaN/Inf in a
 # checked forward (the forward check; on checked steps with a non-finite output only).
 FORWARD_NONFINITE = "forward_nonfinite"
+# Its value says what the check saw at that module:
+FORWARD_MADE = 1.0  # its output went NaN/Inf while its weights and the model's input were finite
+FORWARD_WEIGHTS = 2.0  # its own weights already held NaN/Inf
+FORWARD_INPUT = 3.0  # the model's input already held NaN/Inf (the module is the model)
 
 
 # Images, with watch(..., charts=True).

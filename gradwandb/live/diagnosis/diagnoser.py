@@ -30,17 +30,23 @@ memory is bounded by the number of layers and modules and the windows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 
 from gradwandb import keys as K
 from gradwandb.keys import Keys
 from gradwandb.live.diagnosis.emit import Emitter
 from gradwandb.live.diagnosis.findings import Diagnosis, Finding, verdict_of
-from gradwandb.live.diagnosis.rules.flow import FlowRule
+from gradwandb.live.diagnosis.rules.activations import ActivationRules
+from gradwandb.live.diagnosis.rules.clipping import ClippingRule
+from gradwandb.live.diagnosis.rules.flow import FlowRule, GapRule
+from gradwandb.live.diagnosis.rules.forward import ForwardRule
 from gradwandb.live.diagnosis.rules.global_norm import GlobalNormRules
-from gradwandb.live.diagnosis.rules.nonfinite import nonfinite
+from gradwandb.live.diagnosis.rules.nonfinite import culprits, nonfinite
 from gradwandb.live.diagnosis.rules.per_layer import PerLayerRules
 from gradwandb.live.diagnosis.rules.through_time import ThroughTimeRules
+from gradwandb.live.diagnosis.rules.unused import UnusedRule
+from gradwandb.live.diagnosis.rules.weights import WeightRules
 from gradwandb.live.diagnosis.thresholds import Thresholds
 from gradwandb.live.record import StepRecord
 
@@ -50,12 +56,19 @@ class Diagnoser:
 
     ``layer_types`` maps a parameter name to the class name of the module that owns it
     (``"Linear"``, ``"LSTM"``, ``"RNN"``, ``"Conv2d"``, ...); it picks the fix to suggest.
+    ``watched`` is every watched parameter's name (a record names only those that had a
+    gradient), for the unused rule; ``trainable(name)`` tells a frozen one (not a finding)
+    from one that gets no gradient although it requires grad. Without ``watched`` the unused
+    rule is off.
     """
 
     def __init__(
         self,
         thresholds: Thresholds | None = None,
         layer_types: Mapping[str, str] | None = None,
+        *,
+        watched: Sequence[str] | None = None,
+        trainable: Callable[[str], bool] | None = None,
     ) -> None:
         if thresholds is None:
             thresholds = Thresholds()
@@ -78,6 +91,13 @@ class Diagnoser:
         self._layers = PerLayerRules(thresholds)
         self._flow = FlowRule(thresholds)
         self._time = ThroughTimeRules(thresholds)
+        self._gap = GapRule(thresholds)
+        self._acts = ActivationRules(thresholds)
+        self._forward = ForwardRule()
+        self._unused = UnusedRule(thresholds, list(watched or ()), trainable)
+        self._clipping = ClippingRule(thresholds)
+        self._weights = WeightRules(thresholds)
+        self._loss_bad = False  # the last loss observed was NaN/Inf
         self._health: dict[str, float] = {}
 
     def update(self, record: StepRecord) -> list[Finding]:
@@ -96,16 +116,60 @@ class Diagnoser:
         out = self._out
         out.begin(record)
         health: dict[str, float] = {}
-        bad = nonfinite(record, out)
+        if self._forward(record, out):  # the module named: not "the loss itself"
+            bad = bool(
+                culprits(record)
+                or record.nonfinite_tensors
+                or not math.isfinite(record.global_norm)
+            )
+        else:
+            bad = nonfinite(record, out)
+        self._forward.saw_gradients(record)
         exploding = self._global(record, out, health)
         if record.norm:
             exploding = self._layers(record, out, health) or exploding
             self._flow(record, out, health)
-        vanishing = self._global.vanishing or self._layers.sustained > 0 or self._flow.blocked
+            self._gap(record, out)
+            self._unused(record, out)
+        else:
+            self._gap.blocked = False
+        if record.param_norm:
+            bad = self._weights(record, out) or bad
+        self._clipping(record, out)
+        self._acts(record, out)
+        vanishing = (
+            self._global.vanishing
+            or self._layers.sustained > 0
+            or self._flow.blocked
+            or self._gap.blocked
+            or self._acts.saturated > 0
+        )
         health[K.H_EXPLODING] = 1.0 if exploding else 0.0
         health[K.H_VANISHING] = 1.0 if vanishing else 0.0
-        health[K.H_NONFINITE] = 1.0 if bad else 0.0
+        health[K.H_NONFINITE] = 1.0 if bad or self._loss_bad else 0.0
         self._health = health
+        return out.new
+
+    def observe_loss(self, step: int, value: float) -> list[Finding]:
+        """Read the loss the user computed at ``step``; the findings that are new (a
+        **nonfinite** error, for the whole model, the first time it is NaN/Inf). The rules
+        never see the loss otherwise: the tracker sees only gradients."""
+        out = self._out
+        out.new = []
+        self._loss_bad = not math.isfinite(value)
+        if self._loss_bad:
+            out.emit(
+                "nonfinite",
+                "error",
+                None,
+                step,
+                value,
+                lambda: (
+                    f"the loss is {value} at step {step}: every gradient of the step will be "
+                    "NaN/Inf; the loss (or the model output) itself is non-finite"
+                ),
+                remedy="loss",
+            )
         return out.new
 
     def time_rules(self, record: StepRecord) -> list[Finding]:

@@ -43,6 +43,17 @@ _SPECTRAL_NORM = (
     "spectral normalisation of weight_hh (torch.nn.utils.parametrizations.spectral_norm)"
 )
 
+_LEAKY = "LeakyReLU or GELU instead of ReLU (units keep a gradient below 0)"
+_KAIMING = (
+    "Kaiming init for the layer feeding it (nn.init.kaiming_normal_), biases at 0 or a bit above"
+)
+_NORM_BEFORE = "batch or layer norm before the activation"
+_EPS_OPS = (
+    "guard the op in that module's forward that can make NaN/Inf: sqrt or log of a value "
+    "<= 0 (clamp_min(eps) first), a division by ~0 (add eps), exp or pow overflow (clamp, "
+    "logsumexp)"
+)
+
 Table = Mapping[str, Sequence[str]]  # family -> remedies, "other" for the rest
 
 TABLES: dict[str, Table] = {
@@ -114,6 +125,68 @@ TABLES: dict[str, Table] = {
             "a smaller init scale of the weights feeding it (input and recurrent)",
             _LAYERNORM + " or inside the cell",
             _LOWER_LR,
+        ),
+    },
+    # feed-forward activations pinned in the flat tails of sigmoid/tanh
+    "activation_saturation": {
+        "other": (
+            "Xavier init of the layer feeding it (nn.init.xavier_normal_), or smaller weights",
+            _NORM_BEFORE,
+            _RELU,
+            _LOWER_LR,
+        ),
+    },
+    "dead_units": {
+        "other": (_LEAKY, _KAIMING, _LOWER_LR, _NORM_BEFORE),
+    },
+    "activation_scale": {
+        "other": (
+            _INIT + " (the std should stay ~1 layer after layer)",
+            _LAYERNORM,
+            _RESIDUAL + " with a small scale on each branch",
+        ),
+    },
+    "unused": {
+        "other": (
+            "check that its output reaches the loss: an unused head or branch, a .detach(), "
+            "torch.no_grad() or .data on its path cut it off",
+            "if it is unused on purpose, freeze it (p.requires_grad_(False)) or leave it out of "
+            "the optimizer",
+            "under DDP, an unused parameter needs find_unused_parameters=True",
+        ),
+    },
+    "clipping": {
+        "other": (
+            "raise the max-norm to the 95th-99th percentile of the pre-clip norms (the message "
+            "gives them), or an adaptive policy: gradwandb.PercentileClip(percentile=10) "
+            "follows the norms as they change",
+            "if the clip is meant to be that tight, raise the learning rate to match (clip and "
+            "learning rate multiply)",
+        ),
+    },
+    "weights": {
+        "other": (
+            "weight decay (AdamW(weight_decay=0.01..0.1))",
+            _LOWER_LR,
+            _CLIP,
+            _LAYERNORM,
+        ),
+    },
+    "weights_nonfinite": {
+        "other": (
+            _GUARD,
+            _LOWER_LR,
+            "keep fp32 master weights under AMP (torch.autocast, not model.half())",
+            "reload the last finite checkpoint: NaN/Inf weights do not recover",
+        ),
+    },
+    "forward": {  # NaN/Inf born in a module's forward, named by the forward check
+        "norm": (_EPS_OPS, "a larger eps in the norm layer", _FP32, _GUARD),
+        "other": (
+            _EPS_OPS,
+            "check the inputs for NaN/Inf",
+            _FP32,
+            _GUARD,
         ),
     },
 }

@@ -3,6 +3,9 @@ order; weights only unless ``flow_ignore_bias=False``; mean abs(g) where the rec
 else the norm) at or over ``flow_decades`` for ``sustain`` consecutive per-layer records.
 
 An exactly-zero earliest layer is the dead rule's case, not a weak flow.
+
+:class:`GapRule` looks inside the stack: a middle layer decades below both its neighbours,
+by mean abs(g) or by norm.
 """
 
 from __future__ import annotations
@@ -81,3 +84,63 @@ class FlowRule:
             ),
             remedy="vanishing",
         )
+
+
+class GapRule:
+    """**flow** (error) inside the stack: a middle layer ``flow_gap_decades`` or more below
+    both its neighbours (the nearest weights before and after it in forward order; biases
+    skipped unless ``flow_ignore_bias=False``), by mean abs(g) or by norm (either one is
+    enough), for ``sustain`` consecutive per-layer records. The ends are the ratio rule's."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.thresholds = thresholds
+        self._streaks: dict[str, Streak] = {}
+        self.blocked = False  # a gap has lasted ``sustain`` records, up to now
+
+    def __call__(self, record: StepRecord, out: Emitter) -> None:
+        """Judge a record with per-layer norms."""
+        t = self.thresholds
+        self.blocked = False
+        chosen = [
+            i for i, n in enumerate(record.names) if not (t.flow_ignore_bias and K.is_bias(n))
+        ]
+        measures = [(record.norm, "norm")]
+        if len(record.mean_abs) == len(record.names):
+            measures.insert(0, (record.mean_abs, "mean abs(g)"))
+        gaps: dict[int, tuple[float, str, float, float, float]] = {}
+        for values, label in measures:
+            for pos in range(1, len(chosen) - 1):
+                before, i, after = chosen[pos - 1], chosen[pos], chosen[pos + 1]
+                x, a, b = values[i], values[before], values[after]
+                if not (math.isfinite(x) and math.isfinite(a) and math.isfinite(b)):
+                    continue
+                if x == 0.0 or min(a, b) <= _FLOOR:  # a dead layer is the dead rule's
+                    continue
+                gap = math.log10(min(a, b) / x)
+                if gap >= t.flow_gap_decades and (i not in gaps or gap > gaps[i][0]):
+                    gaps[i] = (gap, label, x, a, b)
+        for name in [n for i, n in enumerate(record.names) if i not in gaps]:
+            self._streaks.pop(name, None)
+        for i, (gap, label, x, a, b) in gaps.items():
+            name = record.names[i]
+            streak = self._streaks.setdefault(name, Streak())
+            lasting = streak.hit(record.step)
+            if lasting < t.sustain:
+                continue
+            self.blocked = True
+            if not out.fresh("flow", name):
+                continue
+            pos = chosen.index(i)
+            left, right = record.names[chosen[pos - 1]], record.names[chosen[pos + 1]]
+            out.emit(
+                "flow",
+                "error",
+                name,
+                streak.since,
+                gap,
+                f"gradient {label} of '{name}' ({g(x)}) is {gap:.1f} decades below both its "
+                f"neighbours '{left}' ({g(a)}) and '{right}' ({g(b)}), for {lasting} per-layer "
+                f"records since step {streak.since}: the signal is blocked in the middle of "
+                "the stack",
+                remedy="vanishing",
+            )
