@@ -177,11 +177,6 @@ def test_word_language_model_loop(tmp_path: Any) -> None:
     _word_language_model(tmp_path, save=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch.save(model) with activations_every on: Can't pickle local object "
-    "'ActivationMonitor._hook.<locals>.hook'",
-)
 def test_word_language_model_saved_each_epoch(tmp_path: Any) -> None:
     _word_language_model(tmp_path, save=True)
 
@@ -601,20 +596,14 @@ def _tagger_step(model: nn.Module, opt: torch.optim.Optimizer, seed: int) -> Non
     opt.step()
 
 
-ACTIVATION_HOOK = pytest.mark.xfail(
-    strict=True,
-    reason="activations_every: the ActivationMonitor's forward hook is a closure: pickling "
-    "fails, and copy.deepcopy keeps it live in the copy",
-)
 OPTIONS = [
     pytest.param({"bptt_every": 1}, id="bptt"),
-    pytest.param({"activations_every": 1}, id="activations", marks=ACTIVATION_HOOK),
+    pytest.param({"activations_every": 1}, id="activations"),
     pytest.param({"charts": True}, id="charts"),
     pytest.param({"guard": True, "clip": 1.0}, id="guard-clip"),
     pytest.param(
         {"bptt_every": 1, "activations_every": 1, "charts": True, "guard": True, "clip": 1.0},
         id="all",
-        marks=ACTIVATION_HOOK,
     ),
 ]
 
