@@ -485,3 +485,26 @@ def test_refused_rewatch_keeps_existing_tracker():
     with pytest.raises(ValueError):
         gradwandb.watch(encoder, sink=sink, name="critic")
     assert tracker.active
+
+
+@pytest.mark.parametrize("scheduler_first", [True, False])
+def test_lr_schedulers_work_whether_made_before_or_after_watch(scheduler_first: bool) -> None:
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink = MemorySink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even torch's "overridden after" warning
+        if scheduler_first:
+            sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+        tracker = gradwandb.watch(model, opt, sink=sink)
+        if not scheduler_first:
+            sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+        train(model, opt, 1)
+        sched.step()
+        train(model, opt, 1)
+        sched.step()
+        tracker.remove()
+        train(model, opt, 1)
+        sched.step()
+    assert len(sink.rows) == 2
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 / 8)

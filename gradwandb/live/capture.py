@@ -13,6 +13,7 @@ has to go from inside its own call is made inert first and taken out by :meth:`H
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -198,18 +199,24 @@ class InertHook:
 def wrap_method(hooks: HookSet, obj: Any, name: str, around: Callable[..., Any]) -> None:
     """Route ``obj.name(*a, **k)`` through ``around(original, *a, **k)`` until removal.
 
-    Only this instance is touched (an attribute shadowing the class's method), and removal
-    restores it, so the object behaves as before once the tracker is gone.
+    Only this instance is touched (a bound method shadowing the class's), and removal restores
+    it, so the object behaves as before once the tracker is gone. The wrapper is a real bound
+    method, so code that inspects ``obj.step.__func__`` (torch's LR schedulers, which wrap
+    ``optimizer.step`` themselves, before or after) keeps working; a scheduler's mark on the
+    method it wrapped is kept.
     """
     original = getattr(obj, name)
 
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         return around(original, *args, **kwargs)
 
-    setattr(obj, name, wrapper)
+    if hasattr(original, "_wrapped_by_lr_sched"):  # torch's LR scheduler wrapped it before us
+        method._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+    bound = types.MethodType(method, obj)
+    setattr(obj, name, bound)
 
     def undo() -> None:
-        if obj.__dict__.get(name) is wrapper:
+        if obj.__dict__.get(name) is bound:
             delattr(obj, name)
 
     hooks.on_remove(undo)
