@@ -14,8 +14,9 @@ configuration is built in layers, each later one winning:
 
 Every layer is checked against the schema in struct mode, so a mistyped key, a value of the
 wrong type or one out of range fails at once, before any training, with one message that
-names the key. The strings ``None``/``none``/``null`` (how an agent passes Python's None) read
-as None; ``yes``/``on``/``true`` and ``no``/``off``/``false`` as booleans.
+names the key. For a key that may be None, the strings ``None``/``none``/``null`` (how an agent
+passes Python's None) read as None; ``yes``/``on``/``true`` and ``no``/``off``/``false`` read as
+booleans.
 
 >>> from dataclasses import dataclass
 >>> @dataclass
@@ -301,9 +302,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _parse_text(text: str) -> Any:
-    """A command-line value as omegaconf reads it (YAML scalars), ``None`` as None."""
-    if text.strip().lower() in _NONE:
-        return None
+    """A command-line value as omegaconf reads it (YAML scalars)."""
     parsed = OmegaConf.from_dotlist([f"v={text}"])
     return OmegaConf.to_container(parsed)["v"]
 
@@ -323,8 +322,8 @@ def _merge(
                 f"{name} ({source}): unknown key; {hint}known keys: {', '.join(described)}"
             )
         entry = described[name]
-        if isinstance(value, str) and value.strip().lower() in _NONE:
-            value = None
+        if entry["optional"] and isinstance(value, str) and value.strip().lower() in _NONE:
+            value = None  # how an agent passes Python's None
         if entry["type"] == "int" and isinstance(value, float) and _integral(value):
             value = int(value)  # a sampled 64.0 is the integer 64
         if entry["type"] == "float" and isinstance(value, int) and not isinstance(value, bool):
