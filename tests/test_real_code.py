@@ -262,11 +262,6 @@ def _word_language_model(tmp_path: Any, *, save: bool, activations: bool = True)
     assert not user_clip.installed()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="guard without an optimizer: the skipped step's row is computed after the "
-    "gradients were zeroed (global_norm 0.0, nonfinite 0), and no nonfinite finding",
-)
 def test_guard_without_optimizer_logs_the_nonfinite_step() -> None:
     model = nn.Linear(3, 1)
     sink = MemorySink()
@@ -530,10 +525,6 @@ def _compiled_or_skip(model: nn.Module) -> nn.Module:
     return compiled  # type: ignore[return-value]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="watch(torch.compile(model)) names parameters with the _orig_mod. prefix",
-)
 def test_compiled_model_logs_the_users_parameter_names() -> None:
     model = nn.Sequential(nn.Linear(5, 3))
     compiled = _compiled_or_skip(model)
@@ -550,11 +541,6 @@ def test_compiled_model_logs_the_users_parameter_names() -> None:
         assert row[f"grad_norm/{name}"] == pytest.approx(_norm([g]), rel=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="watch(torch.compile(model)): the compiled forward raises a dynamo AssertionError "
-    "(already tracked for mutation) tracing gradwandb's forward pre-hook",
-)
 def test_compiled_model_norms_are_true() -> None:
     model = nn.Sequential(nn.Linear(5, 3))
     compiled = _compiled_or_skip(model)

@@ -156,7 +156,9 @@ class Tracker:
             "forward", model.register_forward_pre_hook(ModuleHook(self._before_forward))
         )
         self._rank: dict[int, int] = {}  # id(param) -> position of its module in run order
-        learn_run_order(self._hooks, model, lambda ran: self._shielded(lambda: self._ran(ran)))
+        if not isinstance(getattr(model, "_orig_mod", None), nn.Module):  # not under compile:
+            # hooks inside a compiled region would be traced; there, registration order stays
+            learn_run_order(self._hooks, model, lambda ran: self._shielded(lambda: self._ran(ran)))
         if scaler is not None:
             wrap_method(self._hooks, scaler, "step", self._scaler_step)
         self._hooks.on_remove(user_clip.listen(self))
@@ -392,7 +394,7 @@ class Tracker:
         pending.device.update(total=S.global_norm(norms), nonfinite=S.nonfinite_flags(norms).sum())
         self._compute(pending, after_step=False)  # before clipping: what arrived
         self._pending = pending
-        if skipped:
+        if skipped and self.optimizers:
             drop_grads(self.optimizers, self.model)  # every update of this step is skipped
 
     def _guard_trips(self, k: int, names: list[str], values: list[Tensor], norms: Tensor) -> bool:
@@ -514,10 +516,15 @@ class Tracker:
     def _whole_step(self) -> None:
         """Fallback heartbeat (no optimizer): the end of a backward pass."""
         self._measure()
-        if self._active:
-            self._begin()
-        if self._active:
-            self._end()
+        skipped = self._pending is not None and self._pending.skipped
+        try:
+            if self._active:
+                self._begin()
+            if self._active:
+                self._end()
+        finally:
+            if skipped:  # zeroed only now: the record had to see what the gradients held
+                drop_grads(self.optimizers, self.model)
 
     def _warn_unseen(self, changed: list[str]) -> None:
         if not changed or self._unseen_warned:
