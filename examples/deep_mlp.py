@@ -3,7 +3,7 @@ initialisation), the model the MLP sweeps in ``sweeps/`` run.
 
     python examples/deep_mlp.py                                   # offline, defaults
     python examples/deep_mlp.py depth=32 activation=sigmoid init=normal init_std=1
-    python examples/deep_mlp.py --depth=32 --activation=sigmoid --residual=true --normalization=layer
+    python examples/deep_mlp.py --depth=32 --residual=true --normalization=layer
     python examples/deep_mlp.py --print-config-keys               # the schema, as JSON
 
 ``depth`` hidden blocks of ``width`` units, each ``Linear -> [norm] -> activation`` (with
@@ -55,7 +55,9 @@ class Config:
     init_std: float = knob(1.0, "init=normal: std times sqrt(fan_in)", low=0.0, low_open=True)
     lr: float = knob(0.01, "learning rate", low=0.0, low_open=True)
     optimizer: str = knob("sgd", "optimizer", choices=tuple(OPTIMIZERS))
-    clip: float | None = knob(None, "max global gradient norm; None: no clipping", low=0.0, low_open=True)  # fmt: skip
+    clip: float | None = knob(
+        None, "max global gradient norm; None: no clipping", low=0.0, low_open=True
+    )
     in_dim: int = knob(16, "input features", low=1)
     classes: int = knob(4, "classes", low=2)
     steps: int = knob(300, "optimizer steps", low=1)
@@ -64,7 +66,9 @@ class Config:
     eval_size: int = knob(1024, "held-out points for the accuracy", low=1)
     seed: int = knob(0, "seed for weights and data")
     device: str = knob("auto", "where to train", choices=("auto", "cpu", "cuda"))
-    threads: int | None = knob(1, "torch CPU threads (small models: 1 is fastest); None: torch's choice", low=1)  # fmt: skip
+    threads: int | None = knob(
+        1, "torch CPU threads (small models: 1 is fastest); None: torch's choice", low=1
+    )
 
 
 class Block(nn.Module):
@@ -144,9 +148,7 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    started = start(
-        Config, argv, project="gradwandb-deep-mlp", defaults=DEFAULTS, metrics=METRICS
-    )
+    started = start(Config, argv, project="gradwandb-deep-mlp", defaults=DEFAULTS, metrics=METRICS)
     c: Config = started.config
     run = started.run
     device = torch.device(

@@ -65,16 +65,22 @@ class Config:
     seq_len: int = knob(10, "source (and target) length", low=1)
     vocab: int = knob(10, "tokens, BOS included", low=3)
     layer_norm: bool = knob(False, "layer norm on the bridge, outputs (and loop state)")
-    decoder: str = knob("whole", "decoder over the whole target or token by token", choices=("whole", "loop"))  # fmt: skip
-    clip: float | None = knob(None, "max global gradient norm; None: no clipping", low=0.0, low_open=True)  # fmt: skip
+    decoder: str = knob(
+        "whole", "decoder over the whole target or token by token", choices=("whole", "loop")
+    )
+    clip: float | None = knob(
+        None, "max global gradient norm; None: no clipping", low=0.0, low_open=True
+    )
     steps: int = knob(300, "optimizer steps", low=1)
     batch_size: int = knob(32, "sequences per batch", low=1)
     eval_every: int = knob(50, "steps between accuracy measurements", low=1)
     eval_size: int = knob(256, "held-out sequences for the accuracy", low=1)
-    bptt_every: int | None = knob(10, "per-timestep gradient norms every N steps; None: off", low=1)  # fmt: skip
+    bptt_every: int | None = knob(10, "per-timestep gradient norms every N steps; None: off", low=1)
     seed: int = knob(0, "seed for weights and data")
     device: str = knob("auto", "where to train", choices=("auto", "cpu", "cuda"))
-    threads: int | None = knob(1, "torch CPU threads (small models: 1 is fastest); None: torch's choice", low=1)  # fmt: skip
+    threads: int | None = knob(
+        1, "torch CPU threads (small models: 1 is fastest); None: torch's choice", low=1
+    )
 
 
 class Seq2Seq(nn.Module):
@@ -190,9 +196,7 @@ def accuracy(model: Seq2Seq, held_out: tuple[Tensor, Tensor, Tensor]) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    started = start(
-        Config, argv, project="gradwandb-seq2seq", defaults=DEFAULTS, metrics=METRICS
-    )
+    started = start(Config, argv, project="gradwandb-seq2seq", defaults=DEFAULTS, metrics=METRICS)
     c: Config = started.config
     run = started.run
     device = torch.device(

@@ -109,8 +109,22 @@ def describe(schema: type[Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def normalise(entry: Mapping[str, Any], value: Any) -> Any:
+    """``value`` as the key described by ``entry`` takes it: ``"None"`` as None where None is
+    allowed, a whole float (a sampled ``64.0``) as an int, an int as a float."""
+    if entry.get("optional") and isinstance(value, str) and value.strip().lower() in _NONE:
+        return None  # how an agent passes Python's None
+    if entry.get("type") == "int" and isinstance(value, float) and _integral(value):
+        return int(value)
+    if entry.get("type") == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def check_value(entry: Mapping[str, Any], value: Any) -> str | None:
-    """Why ``value`` does not fit a key described by :func:`describe` (None if it fits)."""
+    """Why ``value`` does not fit a key described by :func:`describe` (None if it fits);
+    ``value`` as :func:`normalise` gives it."""
+    value = normalise(entry, value)
     if value is None:
         return None if entry.get("optional") else "must not be None"
     kind = entry.get("type")
@@ -252,7 +266,7 @@ def start(
 
     import wandb
 
-    run = wandb.init(project=project, config=as_dict(config))
+    run: Any = wandb.init(project=project, config=as_dict(config))
     try:  # under an agent, the swept values in wandb.config win (and are locked)
         given = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
         config = load(schema, defaults=as_dict(config), sweep=given)
@@ -303,8 +317,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _parse_text(text: str) -> Any:
     """A command-line value as omegaconf reads it (YAML scalars)."""
-    parsed = OmegaConf.from_dotlist([f"v={text}"])
-    return OmegaConf.to_container(parsed)["v"]
+    parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]))
+    return typing.cast(dict[str, Any], parsed)["v"]
 
 
 def _merge(
@@ -322,12 +336,7 @@ def _merge(
                 f"{name} ({source}): unknown key; {hint}known keys: {', '.join(described)}"
             )
         entry = described[name]
-        if entry["optional"] and isinstance(value, str) and value.strip().lower() in _NONE:
-            value = None  # how an agent passes Python's None
-        if entry["type"] == "int" and isinstance(value, float) and _integral(value):
-            value = int(value)  # a sampled 64.0 is the integer 64
-        if entry["type"] == "float" and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        value = normalise(entry, value)
         problem = check_value(entry, value)
         if problem is not None:
             raise ConfigError(f"{name}={value!r} ({source}): {problem}")
@@ -368,6 +377,7 @@ __all__ = [
     "keys",
     "knob",
     "load",
+    "normalise",
     "parse_overrides",
     "start",
 ]
