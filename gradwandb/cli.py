@@ -117,7 +117,62 @@ def demo(parser: argparse.ArgumentParser) -> Handler:
     return handler
 
 
-COMMANDS: tuple[Command, ...] = (demo,)
+def sweep(parser: argparse.ArgumentParser) -> Handler:
+    """Run a W&B sweep on this machine, with no server: runs offline, a table at the end."""
+    parser.description = (
+        "Run the sweep in FILE (W&B's sweep YAML) here, with no W&B server: the open-source "
+        "sweep engine suggests each run's configuration (grid, random, bayes; hyperband stops "
+        "runs early), and each program starts as `wandb agent` starts it (the same command "
+        "macros, the parameter file in WANDB_SWEEP_PARAM_PATH, WANDB_SWEEP_ID). Runs log "
+        "offline unless WANDB_MODE says otherwise, under DIR/wandb, grouped under the sweep. "
+        "The sweep's state lives in DIR: started again, it finishes what is left. At the end it "
+        "prints config -> verdict, final loss and accuracy, max gradient norm and clip rate, "
+        "and writes them to DIR/results.csv and DIR/results.md."
+    )
+    parser.add_argument("file", metavar="FILE", help="the sweep YAML (e.g. sweeps/smoke.yaml)")
+    parser.add_argument(
+        "--count",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="runs in all (default: the whole grid; random and bayes need it)",
+    )
+    parser.add_argument(
+        "--workers", type=positive_int, default=1, metavar="K", help="programs run at once"
+    )
+    parser.add_argument(
+        "--dir",
+        metavar="DIR",
+        default=None,
+        help="the sweep folder: state, runs and results (default: sweep-runs/<sweep name>)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random and bayes search")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    def handler(args: argparse.Namespace) -> int:
+        from gradwandb.read.sweep import SweepError, load_sweep
+        from gradwandb.read.sweep_runner import run_sweep
+
+        try:
+            spec = load_sweep(args.file)
+            folder = args.dir if args.dir is not None else f"sweep-runs/{spec.name}"
+            run_sweep(
+                spec,
+                folder,
+                count=args.count,
+                workers=args.workers,
+                seed=args.seed,
+                progress=not args.no_progress,
+            )
+        except SweepError as error:
+            print(f"gradwandb sweep: {error}", file=sys.stderr)
+            return 2
+        return 0
+
+    return handler
+
+
+COMMANDS: tuple[Command, ...] = (demo, sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:
