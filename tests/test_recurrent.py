@@ -514,7 +514,7 @@ def test_nothing_on_unmonitored_steps_and_no_hooks_after_remove() -> None:
     assert monitor(_record(3)) is None
     loss = seq2seq_loss(model, batch)  # step 4: monitored, hooks on the tensors
     monitor.remove()
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in hooked)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in [model, *hooked])
     loss.backward()  # the tensor hooks went too
     assert monitor(_record(4)) is None
     assert not monitor.attached

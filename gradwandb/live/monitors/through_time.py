@@ -9,6 +9,15 @@ each averaged over the sequences of the batch. Called as a tracker observer it a
 logged row, with summaries, and every ``spectral_every`` steps the spectral radius and largest
 singular value of each recurrent weight matrix, per gate block.
 
+Where the gradient lands, and how far the recurrence carries it. dL/dx_t is where the loss's
+gradient lands in time: with a loss at every timestep (language models, decoders) it stays flat
+however fast the recurrence forgets, since each x_t gets the gradient of its own and the next
+few loss terms. On the same monitored steps a memory probe measures the recurrence itself,
+||d h_T / d x_t||: how strongly the module's final state depends on its input ``t`` steps back,
+by re-running the module alone on a few of the step's input sequences
+(:mod:`gradwandb.live.monitors.memory`, which says how). Its summaries are the ones the rules
+through time judge.
+
 Which step is monitored. A forward pass belongs to the optimizer step that follows it. The
 monitor reads that step's index from ``clock`` when given (``clock=lambda: tracker.step``: exact
 whatever the tracker's logging schedule), else from the records it is called with: after the
@@ -17,7 +26,10 @@ forwards of a step ``s`` with ``every(s)`` true (``s % every == 0``), and the re
 ``s`` reports what they captured. Captured data is tagged with its step and reported only by
 that step's record, so a curve is never attributed to another step (without a clock and with a
 tracker that does not log every step, a monitored step whose previous step was not logged is
-skipped). Several forwards in one step (micro-batches) are pooled by timestep index.
+skipped). Calls of a module that continue one sequence (a decoder called once per token
+within a forward, its state passed by hand) are stitched in call order into one sequence;
+other sequences of the step (micro-batches, several forwards) are pooled by timestep index
+(:mod:`gradwandb.live.monitors.sequence_capture` says how the two are told apart).
 
 Conventions. Timesteps are in input order, also for the reverse direction. A multi-layer
 module's input gradient is at the bottom layer's input and its output gradient at the top
@@ -40,6 +52,11 @@ monitor's one sync (the tracker has just made its own, so little is left queued)
 the summaries there; a step with nothing to report makes none. A spectral step adds, per
 module, 20 iterations (70 the first time) of a few batched products with its recurrent weights
 and a Gram-Schmidt pass, some 70 small kernels each, on the device (:class:`PowerIteration`).
+The memory probe, on monitored steps, keeps views of the first ``probe_sequences`` sequences in
+the forward hook and, at the report, runs one forward and one backward of the module alone over
+them (4 sequences by default: on the seq2seq benchmark, batch 32 x 50 on a CPU, both modules'
+probes together cost about a sixth of a training step, under 2% of a step with ``every=10``);
+its per-timestep norms join the same one transfer.
 
 The hooks are in :mod:`gradwandb.live.monitors.sequence_capture`; this module reports: the
 curves, their summaries (:func:`curve_summary`), the spectra and the heatmaps, and each
@@ -194,6 +211,8 @@ class BPTTMonitor(SequenceCapture):
         clock: returns the index of the optimizer step the next forward belongs to, e.g.
             ``lambda: tracker.step``; without it the monitor follows the records it is given.
         heatmap_every: log each module's timestep x step heatmap on these steps (same forms).
+        probe_sequences: how many sequences of a monitored step the memory probe re-runs
+            (the first of the batch); 0: no probe.
 
     Call :meth:`attach` to hook the modules, add the monitor as an observer
     (``tracker.add_observer(monitor)``), and :meth:`remove` when done.
@@ -207,6 +226,10 @@ class BPTTMonitor(SequenceCapture):
       bidirectional module ``output_grad_norm_forward`` and ``output_grad_norm_reverse``;
     - ``bptt/<module>/first_last_ratio``, ``decay_rate``, ``horizon``, ``seq_len``: summaries
       of the input curve (see :func:`curve_summary`);
+    - for an ``nn.RNN``, ``nn.LSTM`` or ``nn.GRU`` with ``probe_sequences`` > 0, the memory
+      probe: ``bptt/<module>/memory_curve``, a Table with a row per timestep, ``timestep`` and
+      ``memory_norm`` (||d h_T / d x_t||), and its summaries ``memory_first_last_ratio``,
+      ``memory_decay_rate``, ``memory_horizon`` (as :func:`curve_summary`'s);
 
     and on spectral steps, for each ``weight_hh_l<k>`` (and ``weight_hh_l<k>_reverse``), per
     gate block (LSTM ``i f g o``, GRU ``r z n``; a vanilla RNN has one block, gate ``all``):
