@@ -224,7 +224,7 @@ def _open_state(spec: SweepSpec, path: Path, seed: int) -> SweepState:
             )
         return state
     return SweepState(
-        sweep_id=_new_id(), name=spec.name, file=str(spec.path), config=config, seed=seed
+        sweep_id=_new_id(), name=spec.name, file=str(spec.path.resolve()), config=config, seed=seed
     )
 
 
