@@ -29,6 +29,7 @@ from gradwandb.live.clip.policy import ClipPolicy, as_policy
 from gradwandb.live.diagnosis import DiagnosisObserver, Thresholds
 from gradwandb.live.monitors.activations import ActivationMonitor
 from gradwandb.live.monitors.charts import ChartObserver
+from gradwandb.live.monitors.forward_check import ForwardCheck
 from gradwandb.live.monitors.through_time import BPTTMonitor
 from gradwandb.live.schedules import ScheduleLike
 from gradwandb.live.selection import (
@@ -172,6 +173,8 @@ def watch(
         if diagnosing
         else None
     )
+    # names the module a forward NaN/Inf is born in (checked steps: activations_every's)
+    check = ForwardCheck(model, every=activations_schedule, keys=keys) if diagnosing else None
     tracker = Tracker(
         model,
         named,
@@ -186,7 +189,7 @@ def watch(
         info=parameter_info(model, [n for n, _ in named]),
         diagnosis=None if diagnosis is None else diagnosis.diagnosis,
         guard=guard,
-        statistics=(*BUILTIN, *own),
+        statistics=(*BUILTIN, *own, *([check.statistic] if check is not None else [])),
         reselect=_reselect(model, params, optimizers),
         start_step=start_step,
     )
@@ -219,6 +222,10 @@ def watch(
         )
         tracker.add_observer(activations.attach())
         tracker.on_remove(activations.remove)
+    if check is not None:  # after the activations: it adds to what they put in the record
+        check.clock = lambda: tracker.step
+        tracker.add_observer(check.attach())
+        tracker.on_remove(check.remove)
     has_rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
     if bptt_every is not None and (has_rnn or bptt_modules is not None):
         monitor = BPTTMonitor(

@@ -63,7 +63,7 @@ class ClippingRule:
             return
         coefs = sorted(c for _, c in self._window)
         typical = coefs[len(coefs) // 2]
-        since = self._window[0][0]
+        since = next(step for step, c in self._window if c < t.clip_coef)
         tight, window = self._tight, len(self._window)
         norms = list(self._norms)
         threshold = record.clip_threshold
