@@ -19,6 +19,15 @@ import pytest
 from gradwandb.read.run import read_run
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
+# The configured examples (gradwandb.config): tiny settings as name=value / --name=value
+# arguments, the way a sweep agent passes them, taking their less common paths.
+TINY = {
+    "seq2seq.py": ["decoder=loop", "cell=lstm", "--layer_norm=true", "init=orthogonal",
+                   "seq_len=4", "hidden_size=8", "emb_dim=4", "batch_size=4", "eval_size=8",
+                   "bptt_every=1", "clip=1.0"],
+    "deep_mlp.py": ["depth=3", "width=8", "--residual=yes", "normalization=layer",
+                    "init=kaiming", "batch_size=8", "eval_size=16", "optimizer=adam"],
+}  # fmt: skip
 
 
 def test_the_quickstart_is_among_the_examples() -> None:
@@ -30,7 +39,7 @@ def test_example_runs_and_writes_a_run(example: Path, tmp_path: Path) -> None:
     env = {**os.environ, "WANDB_DIR": str(tmp_path), "GRADWANDB_EXAMPLE_STEPS": "3"}
     del env["WANDB_MODE"]  # the example must choose offline itself
     done = subprocess.run(
-        [sys.executable, str(example)],
+        [sys.executable, str(example), *TINY.get(example.name, [])],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
@@ -42,3 +51,37 @@ def test_example_runs_and_writes_a_run(example: Path, tmp_path: Path) -> None:
         assert log.history, f"{run_dir} has no history"
         logged = log.metric_keys()
         assert any(k.startswith("grad/") and k.endswith("global_norm") for k in logged)
+        if example.name in TINY:  # the resolved config is recorded, the verdict written
+            assert log.complete and log.verdict in ("healthy", "vanishing", "exploding")
+            assert {"loss", "accuracy"} <= logged
+            assert log.config["steps"] == 3 and len(log.series("loss")) == 3
+            for arg in TINY[example.name]:
+                name, _, _ = arg.lstrip("-").partition("=")
+                assert name in log.config
+
+
+def test_a_bad_config_stops_before_training_naming_the_key(tmp_path: Path) -> None:
+    env = {**os.environ, "WANDB_DIR": str(tmp_path)}
+    example = next(e for e in EXAMPLES if e.name == "deep_mlp.py")
+    done = subprocess.run(
+        [sys.executable, str(example), "depth=0", "width=8"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: bad configuration: depth=0 (command line): must be >= 1")
+    assert not (tmp_path / "wandb").exists()  # no run was started
+
+
+def test_a_run_that_goes_nonfinite_ends_early_with_its_verdict(tmp_path: Path) -> None:
+    env = {**os.environ, "WANDB_DIR": str(tmp_path)}
+    example = next(e for e in EXAMPLES if e.name == "deep_mlp.py")
+    done = subprocess.run(
+        [sys.executable, str(example), "lr=1e30", "steps=40", "depth=2", "width=8",
+         "eval_size=16", "init=normal", "init_std=3"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]  # a sweep goes on
+    (run_dir,) = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    log = read_run(run_dir)
+    assert log.summary["ended"] == "nonfinite" and log.verdict == "nonfinite"
+    assert len(log.series("loss")) < 40
