@@ -315,7 +315,7 @@ def test_smoke_sweep_runs_end_to_end_offline(tmp_path: Path) -> None:
     folder = tmp_path / "smoke"
     done = subprocess.run(
         [sys.executable, "-m", "gradwandb", "sweep", "sweeps/smoke.yaml", "--count", "2",
-         "--dir", str(folder), "--no-progress"],
+         "--workers", "2", "--dir", str(folder), "--no-progress"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
