@@ -115,7 +115,7 @@ def check_row_values(view: Any, memory: MemorySink, tag: str | None) -> set[str]
                 assert hists[step].edges == pytest.approx(list(want.edges))
             elif isinstance(want, Table):
                 if parts.family == K.BPTT:
-                    got = dict(view.curves(parts.subject))[step]
+                    got = dict(view.curves(parts.subject, parts.statistic))[step]
                 else:
                     assert key == Keys(tag).scalar(K.PARAMS_TABLE)
                     got = view.params

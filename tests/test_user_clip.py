@@ -4,6 +4,8 @@ torch's return value untouched."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -15,7 +17,6 @@ from gradwandb.live import user_clip
 from gradwandb.live.sinks import MemorySink
 
 ORIGINAL_NORM = torch.nn.utils.clip_grad_norm_
-ORIGINAL_VALUE = torch.nn.utils.clip_grad_value_
 
 
 def _model(seed: int = 0) -> nn.Sequential:
@@ -36,15 +37,14 @@ def test_clip_grad_norm_by_hand_logs_the_pre_clip_norm_and_torchs_coefficient() 
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     sink = MemorySink()
     truths, returned = [], []
-    with gradwandb.watch(model, opt, sink=sink, layers_every=2, hist_every=None):
-        assert user_clip.installed()
+    with gradwandb.watch(model, opt, sink=sink, layers_every=2, hist_every=None) as tracker:
+        assert user_clip.installed() and tracker in user_clip.listeners()
         for step in range(4):
             opt.zero_grad()
             truths.append(_backward(model, step))
             returned.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5).item())
             opt.step()
-    assert not user_clip.installed()  # torch's own functions are back
-    assert torch.nn.utils.clip_grad_norm_ is ORIGINAL_NORM
+    assert tracker not in user_clip.listeners()  # removed: no longer routed through it
     for (step, row), truth, total in zip(sink.rows, truths, returned, strict=True):
         assert row["grad/global_norm"] == pytest.approx(truth, rel=1e-5)  # pre-clip
         assert total == pytest.approx(truth, rel=1e-5)
@@ -176,3 +176,18 @@ def test_grad_scaler_unscale_is_a_change_gradwandb_knows() -> None:
         scaler.update()
     assert "gradwandb/unseen_grad_change" not in sink.summaries
     assert sink.last()["grad/global_norm"] == pytest.approx(truth.item(), rel=1e-5)
+
+
+def test_torchs_own_functions_are_back_once_every_tracker_is_gone() -> None:
+    code = """
+import torch, gradwandb
+original = torch.nn.utils.clip_grad_norm_
+model = torch.nn.Linear(2, 1)
+with gradwandb.watch(model, sink=gradwandb.MemorySink()):
+    assert torch.nn.utils.clip_grad_norm_ is not original
+assert torch.nn.utils.clip_grad_norm_ is original
+assert torch.nn.utils.clip_grad.clip_grad_norm_ is original
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]

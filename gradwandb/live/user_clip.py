@@ -210,6 +210,14 @@ def listen(listener: Listener) -> Callable[[], None]:
     return undo
 
 
+def listeners() -> list[Listener]:
+    """The live listeners (trackers) now; torch's own functions are put back when none is."""
+    _LISTENERS[:] = [ref for ref in _LISTENERS if ref() is not None]
+    if not _LISTENERS:
+        _uninstall()
+    return [listener for ref in _LISTENERS if (listener := ref()) is not None]
+
+
 def installed() -> bool:
     """Whether torch's clipping functions are routed through gradwandb right now."""
     return getattr(torch.nn.utils, "clip_grad_norm_", None) is clip_grad_norm_

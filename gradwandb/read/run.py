@@ -252,10 +252,11 @@ class View:
         """``bptt/<module>/<stat>``: ``horizon``, ``decay_rate``, ``first_last_ratio``, ..."""
         return self.key_series(K.bptt_key(self._keys, module, stat))
 
-    def curves(self, module: str) -> list[tuple[int, Table]]:
-        """The through-time tables of ``module`` (``bptt/<module>/curve``): per step, one row
-        per timestep with the input (and output) gradient norms."""
-        key = K.bptt_key(self._keys, module, K.CURVE)
+    def curves(self, module: str, stat: str = K.CURVE) -> list[tuple[int, Table]]:
+        """The through-time tables of ``module``: per step, one row per timestep. ``stat`` is
+        ``curve`` (``bptt/<module>/curve``: the input and output gradient norms, dL/dx_t and
+        dL/dh_t) or ``memory_curve`` (the memory probe's ||d h_T / d x_t||)."""
+        key = K.bptt_key(self._keys, module, stat)
         out = []
         for step, row in self._rows():
             table = self._run.table(row.get(key))
