@@ -3,11 +3,12 @@
 A NaN or Inf made in the forward pass (``sqrt`` of a negative, ``log`` of 0, an ``exp`` that
 overflows) poisons every gradient of the step at once, so the gradients alone cannot say where
 it was born. :class:`ForwardCheck` hooks every module of the model on the steps it checks and
-flags each output with ``torch.isfinite(out).all()``, on the device; the first flag that is
-false names the module. What it puts in the record (a FILL-stage monitor, read by the rules of
-:mod:`~gradwandb.live.diagnosis.rules.forward`): ``record.activations[<module>]
-[forward_nonfinite]`` for that module only, with :data:`~gradwandb.keys.FORWARD_MADE` (it made
-the NaN/Inf), :data:`~gradwandb.keys.FORWARD_WEIGHTS` (its own weights already held NaN/Inf) or
+flags each output on the device by its min and max (finite exactly when every element is);
+the first flag that is false names the module. What it puts in the record (a FILL-stage
+monitor, read by the rules of :mod:`~gradwandb.live.diagnosis.rules.forward`):
+``record.activations[<module>][forward_nonfinite]`` for that module only, with
+:data:`~gradwandb.keys.FORWARD_MADE` (it made the NaN/Inf),
+:data:`~gradwandb.keys.FORWARD_WEIGHTS` (its own weights already held NaN/Inf) or
 :data:`~gradwandb.keys.FORWARD_INPUT` (the model's input did; the module is the model), and
 the same under ``act/<module>/forward_nonfinite`` in the row.
 
@@ -19,8 +20,10 @@ check then reports as such).
 
 Cost (where the host syncs happen). On a step that is not checked: one forward pre-hook on the
 model that compares a step index (no module hooks are installed). On a checked step: a hook on
-every module, and per module call two small kernels (``isfinite``, ``all``) and a 0-dim flag
-kept on the device; no host sync. The flags reach the host in the tracker's one transfer of
+every module, and per module output one ``aminmax`` pass on the device (a NaN/Inf element
+makes the min or max NaN/Inf; cheaper than ``isfinite(out).all()``, which writes a mask the
+size of the output), the two ends kept on the device; no host sync. One ``isfinite`` over all
+the ends at the end of the step. The flags reach the host in the tracker's one transfer of
 that step, through :attr:`ForwardCheck.statistic` (two numbers: whether any output was
 non-finite and the index of the first). Only a step with a non-finite output reads more (the
 named module's weights, to tell which case it is), and only flags of a step checked after a
@@ -125,9 +128,9 @@ class ForwardCheck(ModuleMonitor):
         self._module_handles: list[RemovableHandle] = []
         self._armed: int | None = None  # a step to check after a non-finite gradient
         self._step: int | None = None  # the step whose flags are being collected
-        self._order: list[int] = []  # tap index of each checked call, in the order they ran
-        self._flags: list[Tensor] = []  # 0-dim bool per call: its output was finite
-        self._inputs: list[Tensor] = []  # 0-dim bool per forward of the model: input finite
+        self._order: list[int] = []  # tap index of each output tensor, in the order they ran
+        self._ends: list[Tensor] = []  # per output tensor: its (min, max), on the device
+        self._inputs: list[Tensor] = []  # per input tensor of the model: its (min, max)
         self._host: tuple[int, list[float], list[int]] | None = None  # from the transfer
         self.origin: tuple[int, str] | None = None
         self.statistic = Statistic(STATISTIC, self._device, tier="log", finalize=self._read)
@@ -192,9 +195,7 @@ class ForwardCheck(ModuleMonitor):
             for index, tap in enumerate(self._taps):
                 hook = ModuleHook(self._hook(index))
                 self._module_handles.append(tap.module.register_forward_hook(hook))
-        ok = _finite(args)
-        if ok is not None:
-            self._inputs.append(ok)
+        self._inputs += _ends(args)
 
     def _unhook(self) -> None:
         for handle in self._module_handles:
@@ -205,28 +206,27 @@ class ForwardCheck(ModuleMonitor):
         def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
             if self._step is None or self._shield.failed:
                 return
-            ok = self._guard(lambda: _finite(out))
-            if ok is not None:
-                self._order.append(index)
-                self._flags.append(ok)
+            ends = self._guard(lambda: _ends(out))
+            if ends:
+                self._order += [index] * (len(ends) // 2)
+                self._ends += ends
 
         return hook
 
     def _clear(self, step: int | None) -> None:
         self._step = step
-        self._order, self._flags, self._inputs = [], [], []
+        self._order, self._ends, self._inputs = [], [], []
 
     # -- the flags to the host ----------------------------------------------------------------
 
     def _summary(self) -> Tensor | None:
-        """[any output non-finite, index of the first, any input non-finite] on the device."""
-        if not self._flags and not self._inputs:
+        """[any output non-finite, index of the first, any input non-finite] on the device: a
+        NaN/Inf element makes a tensor's min or max NaN/Inf, so the check of every output is
+        one ``isfinite`` over the stacked ends."""
+        if not self._ends and not self._inputs:
             return None
-        device = (self._flags or self._inputs)[0].device
-        bad_out = (
-            ~torch.stack(self._flags) if self._flags else torch.zeros(1, dtype=torch.bool)
-        ).to(device)
-        bad_in = ~torch.stack(self._inputs).all() if self._inputs else bad_out.new_zeros(())
+        bad_out = _bad(self._ends)
+        bad_in = _bad(self._inputs).any()
         first = torch.argmax(bad_out.to(torch.uint8))
         return torch.stack([bad_out.any().double(), first.double(), bad_in.double()])
 
@@ -252,8 +252,7 @@ class ForwardCheck(ModuleMonitor):
                     values = S.to_host({"check": summary})["check"]
                     host = (self._step, values, list(self._order))
         if self._step is not None and self._step <= step:
-            self._unhook()
-            self._clear(None)
+            self._clear(None)  # the hooks stay for a checked next step; the gate decides
         row: dict[str, Value] = {}
         if host is not None:
             row = self._origin(record, *host)
@@ -297,15 +296,24 @@ def _tensors(out: Any) -> Iterator[Tensor]:
             yield from _tensors(item)
 
 
-def _finite(out: Any) -> Tensor | None:
-    """A 0-dim bool on the device: every element of ``out``'s tensors is finite (no sync)."""
-    flags = []
+def _ends(out: Any) -> list[Tensor]:
+    """The min and max of each non-empty tensor of ``out``, 0-dim tensors on the device, two
+    per tensor (one ``aminmax`` pass each, no sync): finite exactly when every element is."""
+    ends: list[Tensor] = []
     with torch.no_grad():
         for t in _tensors(out):
             if t.numel():
-                flags.append(torch.isfinite(t.detach()).all())
-    if not flags:
-        return None
-    if len(flags) == 1:
-        return flags[0]
-    return torch.stack(flags).all()
+                flat = t.detach().reshape(-1)
+                if flat.is_complex():
+                    flat = torch.view_as_real(flat).reshape(-1)
+                ends += torch.aminmax(flat)
+    return ends
+
+
+def _bad(ends: list[Tensor]) -> Tensor:
+    """Bool [n]: which of the n (min, max) pairs is not finite (one isfinite for them all)."""
+    if not ends:
+        return torch.zeros(1, dtype=torch.bool)
+    wide = [e if e.dtype in (torch.float32, torch.float64) else e.float() for e in ends]
+    pairs: Tensor = ~torch.isfinite(torch.stack(wide).view(-1, 2)).all(dim=1)
+    return pairs
