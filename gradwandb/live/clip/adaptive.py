@@ -144,6 +144,26 @@ class PercentileClip(_StatefulPolicy):
 
     Cost per step: a sort of the ``history`` buffer on the device (no host sync).
 
+    Which percentile. Two rules go by "clip at a percentile of the norms", and they are not
+    the same rule:
+
+    - AutoClip (Seetharaman et al., 2020) clips at a *low* percentile, the 10th by default
+      (``percentile=10``), of *all past* norms, recomputed every step. It bites on most steps
+      on purpose: it is a regulariser that keeps every update near the typical small norm,
+      and it follows the norms as they drift during training. Pick it to stabilise a run
+      whose norms wander or spike (recurrent nets, speech and audio models), where the
+      reduced step size is wanted; watch ``grad/clip_rate`` (~0.9 at the 10th percentile).
+    - The checklists' rule is a *fixed* threshold at a *high* percentile, the 95th-99th, of
+      the norms of the *early*, healthy steps: run a few hundred steps unclipped, read the
+      percentile off ``grad/global_norm``, and pass it as ``clip=<that number>``. It bites
+      only on the outliers (1-5% of steps) and leaves ordinary updates, so the learning rate
+      means what it says. Pick it to guard against rare spikes without changing training.
+      ``PercentileClip(percentile=99, history=200, warmup=200)`` is its adaptive cousin: a
+      99th percentile of the recent norms, which rises if the norms grow for good.
+
+    Diagnosis points at the second when a clip is far too tight: the ``clipping`` finding
+    gives the 95th-99th percentile of the pre-clip norms it saw.
+
     >>> PercentileClip(percentile=150)
     Traceback (most recent call last):
     ...
