@@ -5,14 +5,21 @@ since when and what to try, as :class:`~gradwandb.live.diagnosis.findings.Findin
 sink, only the host-side numbers of each record (including what the monitors put in it).
 
 The rules, by family (every threshold is a field of :class:`Thresholds`), run in this order
-on each record: :mod:`~.rules.nonfinite`, :mod:`~.rules.global_norm`, then on records with
-per-layer norms :mod:`~.rules.per_layer` and :mod:`~.rules.flow`, then
+on each record: :mod:`~.rules.forward` (the module a forward NaN/Inf was born in, when the
+forward check named one; it then stands for the record's NaN/Inf gradients), else
+:mod:`~.rules.nonfinite`; :mod:`~.rules.global_norm`; on records with per-layer norms
+:mod:`~.rules.per_layer`, :mod:`~.rules.flow` (the ends, and a weak layer in the middle) and
+:mod:`~.rules.unused`; :mod:`~.rules.weights` on records with weight norms;
+:mod:`~.rules.clipping`; :mod:`~.rules.activations` on records with activation health; then
 :mod:`~.rules.through_time` on the modules the record reports through time.
+:meth:`Diagnoser.observe_loss` judges the user's loss, which no record carries.
 
 Each finding is reported once per kind and layer; its ``step`` is the step the condition began
 (for sustained rules, the first step of the stretch). The verdict is the worst *error* kind seen
 in the run: nonfinite > exploding > vanishing (vanishing and flow) > healthy; warnings (spikes,
-dead parameters, vanishing biases) leave it healthy.
+dead parameters, vanishing biases, saturation under ``saturation``, dead units, activation
+scale, unused parameters, clipping, growing weights) leave it healthy. Severe saturation is
+reported as vanishing, NaN/Inf weights, loss and forward outputs as nonfinite.
 
 Cost: O(1) per record that carries only the global scalars, O(layers) per per-layer record;
 memory is bounded by the number of layers and modules and the windows.
