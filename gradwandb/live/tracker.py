@@ -52,15 +52,15 @@ from gradwandb.live.guard import Guard, drop_grads
 from gradwandb.live.record import REPORT, StepRecord, skip_row, to_row
 from gradwandb.live.schedules import Schedule
 from gradwandb.live.selection import ParameterInfo, optimizer_params, present
-from gradwandb.live.shield import StopTraining
+from gradwandb.live.shield import Shield, StopTraining
 from gradwandb.live.sinks import Sink, Value
 from gradwandb.live.stats import kernels as S
 from gradwandb.live.stats.builtin import BUILTIN, MAGNITUDES
 from gradwandb.live.stats.statistic import GradientView, Statistic
+from gradwandb.live.watched import Reselect, Watched
 
 Observer = Callable[[StepRecord], "Mapping[str, Value] | None"]
 _WIDE = (torch.float32, torch.float64)  # norms torch computed in these are ours to reuse
-Reselect = Callable[[], Sequence[tuple[str, nn.Parameter]]]
 
 
 class Tracker:
@@ -102,17 +102,16 @@ class Tracker:
         self.keys = keys
         self.clip = clip
         self.scaler = scaler
-        self.names = [n for n, _ in named]
-        self._params = [p for _, p in named]
-        self._reselect = reselect
-        self._optimizer_size = self._count_optimizer_params()
+        self._watched = Watched(named, optimizers, reselect)
         self._log_at = log_every
         self._layers_at = layers_every
         self._hist_at = hist_every
         self._info = info
         self._step = start_step
         self._active = True
-        self._failed = False
+        self._shield = Shield(
+            "gradwandb", "gradient tracking is switched off", on_fail=self._detach
+        )
         self._pending: Pending | None = None
         self._measured = False  # this step's statistics are taken (pending or nothing to take)
         self._statistics = tuple(statistics)
@@ -123,7 +122,6 @@ class Tracker:
         self._hooks = HookSet()
         self._backward_end: BackwardEnd | None = None
         self._steps: OptimizerSteps | None = None
-        self._versions: dict[int, tuple[int, int]] = {}  # id(param) -> (id(grad), version)
         self._unseen_warned = False
         self._last_row: tuple[int, float] | None = None  # (step, clip coef) of the last row
         self._info_pending = True
@@ -155,7 +153,6 @@ class Tracker:
         self._hooks.add(
             "forward", model.register_forward_pre_hook(ModuleHook(self._before_forward))
         )
-        self._rank: dict[int, int] = {}  # id(param) -> position of its module in run order
         if not isinstance(getattr(model, "_orig_mod", None), nn.Module):  # not under compile:
             # hooks inside a compiled region would be traced; there, registration order stays
             learn_run_order(self._hooks, model, lambda ran: self._shielded(lambda: self._ran(ran)))
@@ -250,6 +247,7 @@ class Tracker:
     # -- the shield -----------------------------------------------------------------------
 
     def _shielded(self, body: Callable[[], None]) -> None:
+        """Run a hook's body: an error of ours is reported once and switches tracking off."""
         if not self._active:
             return
         try:
@@ -263,15 +261,7 @@ class Tracker:
             raise StopTraining(stop)
 
     def _fail(self, exc: Exception) -> None:
-        if not self._failed:
-            self._failed = True
-            warnings.warn(
-                f"gradwandb: internal error at step {self._step} ({type(exc).__name__}: {exc}); "
-                "gradient tracking is switched off and training goes on",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        self._detach()
+        self._shield.trip(exc, f"at step {self._step}")
 
     def _detach(self) -> None:
         self._active = False
@@ -311,7 +301,7 @@ class Tracker:
     def grads_changed(self) -> None:
         """A change gradwandb knows of (``GradScaler.unscale_``): not an unseen one."""
         if self._active and not self._measured:
-            self._remember_versions()
+            self._watched.remember_versions()
 
     # -- the step -------------------------------------------------------------------------
 
@@ -328,21 +318,7 @@ class Tracker:
     def _landed(self) -> None:
         """End of a backward (with an optimizer): remember the gradients' versions."""
         if not self._measured and self._plan(self._step).anything:
-            self._remember_versions()
-
-    def _remember_versions(self) -> None:
-        self._versions = {
-            id(p): (id(p.grad), p.grad._version) for p in self._params if p.grad is not None
-        }
-
-    def _unseen_change(self, params: Sequence[nn.Parameter]) -> list[str]:
-        """Names of gradients changed in place since backward by nothing gradwandb saw."""
-        changed = []
-        for name, p in zip(self.names, self._params, strict=True):
-            seen = self._versions.get(id(p))
-            if p.grad is not None and seen is not None and seen != (id(p.grad), p.grad._version):
-                changed.append(name)
-        return changed
+            self._watched.remember_versions()
 
     def _measure(self, given: Mapping[int, Tensor] | None = None) -> None:
         """Take this step's statistics, once, before anything clips the gradients."""
@@ -352,7 +328,8 @@ class Tracker:
         if not self.sink.alive():
             self._detach()
             return
-        self._refresh_params()
+        if self._watched.refresh():  # an optimizer gained a param group
+            self._names_changed()
         k = self._step
         plan = self._plan(k)
         if not (plan.anything or self.clip is not None or self._guard is not None):
@@ -361,7 +338,7 @@ class Tracker:
         if not now.grads:
             return
         if given is None and self.optimizers and plan.anything:
-            self._warn_unseen(self._unseen_change(now.params))
+            self._warn_unseen(self._watched.changed())
         values = [S.dense_values(g) for g in now.grads]
         stats = S.grad_stats(values) if plan.layers else None  # L2, L1, max in one pass
         if stats is not None:
@@ -544,44 +521,24 @@ class Tracker:
         )
         self.sink.summary({self.keys.scalar(K.UNSEEN_GRAD_CHANGE): True})
 
-    def _count_optimizer_params(self) -> int:
-        return sum(len(g["params"]) for o in self.optimizers for g in o.param_groups)
+    def _ran(self, modules: Sequence[nn.Module]) -> None:
+        """The first forward told the order the modules run in: name parameters in it."""
+        if self._watched.ran(modules):
+            self._names_changed()
 
-    def _refresh_params(self) -> None:
-        """Pick up parameters an optimizer gained since (``add_param_group``)."""
-        if self._reselect is None or not self.optimizers:
-            return
-        size = self._count_optimizer_params()
-        if size == self._optimizer_size:
-            return
-        self._optimizer_size = size
-        named = list(self._reselect())
-        self.names = [n for n, _ in named]
-        self._params = [p for _, p in named]
+    def _names_changed(self) -> None:
         if self._backward_end is not None:
             self._backward_end.refresh(self._params)
         self.sink.summary({self.keys.scalar(K.PARAM_ORDER): list(self.names)})
-        self._reorder()
 
-    def _ran(self, modules: Sequence[nn.Module]) -> None:
-        """The first forward told the order the modules run in: name parameters in it."""
-        for position, module in enumerate(modules):
-            for p in module.parameters(recurse=False):
-                self._rank.setdefault(id(p), position)
-        self._reorder()
+    @property
+    def names(self) -> list[str]:
+        """The watched parameters' names, in the order their modules ran."""
+        return self._watched.names
 
-    def _reorder(self) -> None:
-        """Watched parameters in the order their modules ran (those that did not run last, in
-        registration order): the order culprits and layers are named in."""
-        last = len(self._rank)
-        order = sorted(
-            range(len(self._params)), key=lambda i: (self._rank.get(id(self._params[i]), last), i)
-        )
-        if order == list(range(len(self._params))):
-            return
-        self.names = [self.names[i] for i in order]
-        self._params = [self._params[i] for i in order]
-        self.sink.summary({self.keys.scalar(K.PARAM_ORDER): list(self.names)})
+    @property
+    def _params(self) -> list[nn.Parameter]:
+        return self._watched.params
 
     # -- the end ---------------------------------------------------------------------------
 
