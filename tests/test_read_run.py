@@ -21,7 +21,7 @@ from gradwandb import keys as K
 from gradwandb.keys import Keys, parse_key
 from gradwandb.live.sinks import Histogram, Image, MemorySink, Table
 from gradwandb.read import read_run
-from gradwandb.read import run as reader
+from gradwandb.read import records as reader
 
 STEPS = 4
 

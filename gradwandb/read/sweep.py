@@ -1,4 +1,4 @@
-"""A W&B sweep file, checked before any run starts, and the table of what its runs did.
+"""A W&B sweep file, checked before any run starts (the table of its runs: in sweep_results).
 
 :func:`load_sweep` reads a sweep YAML and refuses, naming the file and line, what would only
 fail later: YAML W&B's agent cannot parse (a ``command`` in flow form), a configuration the
@@ -7,21 +7,18 @@ parameter (grid over a range), and, when the program describes itself
 (``--print-config-keys``, as the examples do through :mod:`gradwandb.config`), a swept
 parameter it does not know, a value it would reject, or a metric it never logs.
 
-:func:`results` reads each finished run back with :func:`gradwandb.read.read_run` (never from
-the program's printed output) into rows of config -> verdict, final loss and accuracy, largest
-gradient norm and clip rate; :func:`markdown` and :func:`write_csv` render them.
+The table of what the runs did (:func:`run_row`, :func:`markdown`, :func:`write_csv`) is built
+in :mod:`gradwandb.read.sweep_results` and importable from here too.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import re
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,20 +26,25 @@ from typing import Any
 import yaml
 
 from gradwandb.config import PRINT_KEYS_FLAG, check_value
-from gradwandb.read.run import find_run_file, read_run
+from gradwandb.read.sweep_results import RESULT_COLUMNS, markdown, run_row, write_csv
+
+__all__ = [
+    "DEFAULT_COMMAND",
+    "METHODS_NEEDING_COUNT",
+    "RESULT_COLUMNS",
+    "SweepError",
+    "SweepSpec",
+    "check_against_program",
+    "describe",
+    "engine",
+    "load_sweep",
+    "markdown",
+    "run_row",
+    "write_csv",
+]
 
 DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")  # wandb agent's
 METHODS_NEEDING_COUNT = ("random", "bayes")
-RESULT_COLUMNS = (
-    "run",
-    "status",
-    "verdict",
-    "final_loss",
-    "accuracy",
-    "max_grad_norm",
-    "clip_rate",
-    "steps",
-)
 
 
 def engine() -> Any:
@@ -220,55 +222,6 @@ def check_against_program(spec: SweepSpec) -> None:
         )
 
 
-# -- the results table -------------------------------------------------------------------------
-
-
-def run_row(run_dir: str | Path | None, status: str) -> dict[str, Any]:
-    """What one run did, read back from its run directory: verdict, final loss and accuracy,
-    the largest finite global gradient norm, the fraction of steps clipping bit, steps."""
-    row: dict[str, Any] = {
-        "status": status,
-        "verdict": None,
-        "final_loss": None,
-        "accuracy": None,
-        "max_grad_norm": None,
-        "clip_rate": None,
-        "steps": None,
-    }
-    if run_dir is None:
-        return row
-    try:
-        find_run_file(run_dir)
-        log = read_run(run_dir)
-    except (FileNotFoundError, RuntimeError, OSError):
-        return row
-    row["verdict"] = log.verdict
-    row["final_loss"] = _last(log.series("loss"))
-    row["accuracy"] = _last(log.series("accuracy"))
-    norms = [v for _, v in log.global_series("global_norm") if _finite(v)]
-    row["max_grad_norm"] = max(norms) if norms else None
-    coefs = [v for _, v in log.global_series("clip_coef") if _finite(v)]
-    row["clip_rate"] = sum(1 for c in coefs if c < 1.0) / len(coefs) if coefs else None
-    row["steps"] = len(log.steps()) or None  # optimizer steps gradwandb logged
-    return row
-
-
-def markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """``rows`` as a Markdown table of ``columns``."""
-    head = "| " + " | ".join(columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join([head, rule, *body]) + "\n"
-
-
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for r in rows:
-            writer.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
-
-
 # -- checks ---------------------------------------------------------------------------------
 
 
@@ -395,29 +348,3 @@ def _values(param: Any) -> list[Any]:
     if "values" in param:
         return list(param["values"])
     return [param[k] for k in ("min", "max") if k in param]
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _last(series: Sequence[tuple[int, Any]]) -> float | None:
-    """The last logged value of a series as a number (NaN and infinities included)."""
-    for _, value in reversed(series):
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
-            return float(value.replace("Infinity", "inf"))
-    return None
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        return f"{value:.4g}"
-    return str(value)
