@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from gradwandb.live.selection import optimizer_params
 from gradwandb.live.stats import kernels as S
 
 
@@ -41,12 +42,23 @@ class Guard:
     culprits: dict[str, None] = field(default_factory=dict)  # their layers, in order
 
     def trips(
-        self, step: int, names: Sequence[str], values: Sequence[Tensor], norms: Tensor
+        self,
+        step: int,
+        names: Sequence[str],
+        values: Sequence[Tensor],
+        norms: Tensor,
+        also: Sequence[tuple[str, Tensor]] = (),
     ) -> bool:
         """Whether step ``step``'s gradients hold NaN/Inf; counts it. One host sync.
 
-        ``values`` are the gradients (dense values) named by ``names``, ``norms`` their norms.
+        ``values`` are the gradients (dense values) named by ``names``, ``norms`` their norms;
+        ``also`` more gradients the step would apply (an optimizer's unwatched parameters).
         """
+        if also:
+            more = [S.dense_values(g) for _, g in also]
+            names = [*names, *(n for n, _ in also)]
+            values = [*values, *more]
+            norms = torch.cat([norms, S.grad_norms(more)])
         culprits: list[str] = []
         if not math.isfinite(float(S.global_norm(norms))):  # the guard's sync
             suspects = S.nonfinite_flags(norms).nonzero().flatten().tolist()
@@ -100,3 +112,12 @@ def drop_grads(optimizers: Sequence[torch.optim.Optimizer], model: nn.Module) ->
     for p in model.parameters():
         if p.grad is not None:
             p.grad.zero_()
+
+
+def unwatched_grads(
+    optimizers: Sequence[torch.optim.Optimizer], watched: Sequence[nn.Parameter]
+) -> list[tuple[str, Tensor]]:
+    """The gradients the optimizers would apply to parameters the tracker does not watch."""
+    mine = {id(p) for p in watched}
+    others = [p for p in optimizer_params(optimizers) if id(p) not in mine]
+    return [(f"<unwatched {i}>", p.grad) for i, p in enumerate(others) if p.grad is not None]

@@ -48,10 +48,10 @@ from gradwandb.live.capture import (
 )
 from gradwandb.live.clip.policy import ClipPolicy
 from gradwandb.live.diagnosis.findings import Diagnosis
-from gradwandb.live.guard import Guard, drop_grads
+from gradwandb.live.guard import Guard, drop_grads, unwatched_grads
 from gradwandb.live.record import REPORT, StepRecord, skip_row, to_row
 from gradwandb.live.schedules import Schedule
-from gradwandb.live.selection import ParameterInfo, optimizer_params, present
+from gradwandb.live.selection import ParameterInfo, present
 from gradwandb.live.shield import Shield, StopTraining
 from gradwandb.live.sinks import Sink, Value
 from gradwandb.live.stats import kernels as S
@@ -90,6 +90,7 @@ class Tracker:
         statistics: Sequence[Statistic] = BUILTIN,
         reselect: Reselect | None = None,
         start_step: int = 0,
+        observe_loss: Callable[[int, float | Tensor], None] | None = None,
     ) -> None:
         if isinstance(optimizer, torch.optim.Optimizer):
             optimizers = [optimizer]
@@ -126,6 +127,7 @@ class Tracker:
         self._last_row: tuple[int, float] | None = None  # (step, clip coef) of the last row
         self._info_pending = True
         self._diagnosis = diagnosis  # the diagnosis observer's, when diagnosing
+        self._observe_loss = observe_loss
         self._finished = False  # the observers' finish() was called
         self._guard = Guard(None if guard is True else int(guard)) if guard else None
         self._stop: str | None = None  # raised as StopTraining once the running hook is done
@@ -183,6 +185,23 @@ class Tracker:
         if self._diagnosis is None:
             return Diagnosis("healthy", ())
         return self._diagnosis()
+
+    def observe_loss(self, loss: float | Tensor) -> None:
+        """Tell diagnosis this step's loss (call it before ``optimizer.step()``): a NaN/Inf
+        loss is reported at once, before the gradients it poisons. Pass ``loss.item()`` where
+        you read it anyway; a tensor is read here (one host sync).
+
+        >>> import math, torch, gradwandb
+        >>> model = torch.nn.Linear(2, 1)
+        >>> with gradwandb.watch(model, sink=gradwandb.MemorySink()) as tracker:
+        ...     tracker.observe_loss(math.nan)
+        >>> tracker.diagnosis().verdict
+        'nonfinite'
+        """
+        if self._active and self._observe_loss is not None:
+            self._shielded(
+                lambda: self._observe_loss(self._step, loss) if self._observe_loss else None
+            )
 
     def add_observer(self, observer: Observer) -> None:
         """Call ``observer(record)`` with the :class:`StepRecord` of every logged step.
@@ -351,7 +370,9 @@ class Tracker:
             norms = S.grad_norms(values)
         norms = S.without_overflow(norms, values)
         names = [self.names[i] for i in now.index]
-        skipped = self._guard is not None and self._guard_trips(k, names, values, norms)
+        skipped = self._guard is not None and self._guard.trips(
+            k, names, values, norms, also=unwatched_grads(self.optimizers, self._params)
+        )
         if skipped:
             plan = replace(plan, log=True)  # a skipped step is always logged
         view = GradientView(
@@ -373,22 +394,6 @@ class Tracker:
         self._pending = pending
         if skipped and self.optimizers:
             drop_grads(self.optimizers, self.model)  # every update of this step is skipped
-
-    def _guard_trips(self, k: int, names: list[str], values: list[Tensor], norms: Tensor) -> bool:
-        """The guard's look: the watched gradients, and those the optimizers hold besides."""
-        assert self._guard is not None
-        if self.optimizers:
-            mine = {id(p) for p in self._params}
-            others = [p for p in optimizer_params(self.optimizers) if id(p) not in mine]
-            extra = [
-                (f"<unwatched {i}>", p.grad) for i, p in enumerate(others) if p.grad is not None
-            ]
-            if extra:
-                more = [S.dense_values(g) for _, g in extra]
-                names = names + [n for n, _ in extra]
-                values = values + more
-                norms = torch.cat([norms, S.grad_norms(more)])
-        return self._guard.trips(k, names, values, norms)
 
     def _user_clipped(self, coef: Tensor, threshold: float) -> None:
         pending = self._pending

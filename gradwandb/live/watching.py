@@ -168,7 +168,12 @@ def watch(
     start_step = steps_here.get(model, 0) if steps_here is not None else 0  # same run: go on
     diagnosis = (
         DiagnosisObserver(
-            sink, keys, thresholds, _layer_types(model, [n for n, _ in named]), alerts=alerts
+            sink,
+            keys,
+            thresholds,
+            _layer_types(model, [n for n, _ in named]),
+            alerts=alerts,
+            watched=named,
         )
         if diagnosing
         else None
@@ -188,6 +193,7 @@ def watch(
         scaler=scaler,
         info=parameter_info(model, [n for n, _ in named]),
         diagnosis=None if diagnosis is None else diagnosis.diagnosis,
+        observe_loss=None if diagnosis is None else diagnosis.observe_loss,
         guard=guard,
         statistics=(*BUILTIN, *own, *([check.statistic] if check is not None else [])),
         reselect=_reselect(model, params, optimizers),
