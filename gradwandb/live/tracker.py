@@ -26,7 +26,6 @@ tracker switches itself off, and training goes on. :class:`StopTraining`, raised
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -47,6 +46,7 @@ from gradwandb.live.capture import (
     wrap_method,
 )
 from gradwandb.live.clip.policy import ClipPolicy
+from gradwandb.live.clip_listening import ClipListening
 from gradwandb.live.diagnosis.findings import Diagnosis
 from gradwandb.live.guard import Guard, drop_grads, unwatched_grads
 from gradwandb.live.record import REPORT, StepRecord, skip_row, to_row
@@ -63,7 +63,7 @@ Observer = Callable[[StepRecord], "Mapping[str, Value] | None"]
 _WIDE = (torch.float32, torch.float64)  # norms torch computed in these are ours to reuse
 
 
-class Tracker:
+class Tracker(ClipListening):
     """Watches one model's gradients; made by :func:`gradwandb.watch`.
 
     Use it as a context manager, or call :meth:`remove` when done. ``tracker.step`` is the
@@ -298,30 +298,6 @@ class Tracker:
         except Exception as exc:
             self._fail(exc)
 
-    # -- what the heartbeat and the clipping functions call -------------------------------
-
-    def wants(self, params: Sequence[Tensor]) -> bool:
-        """Whether a clip of ``params`` touches this tracker's parameters (user_clip)."""
-        if not self._active:
-            return False
-        mine = {id(p) for p in self._params}
-        return any(id(p) in mine for p in params)
-
-    def before_clip(self, grads: Sequence[Tensor], norms: Sequence[Tensor] | None) -> None:
-        """The user is about to clip: take this step's statistics now, pre-clip."""
-        if self.optimizers:
-            given = None if norms is None else dict(zip(map(id, grads), norms, strict=True))
-            self._shielded(lambda: self._measure(given))
-
-    def after_clip(self, coef: Tensor, threshold: float) -> None:
-        """The user's clip scaled the gradients by ``coef``: that is this step's coefficient."""
-        self._shielded(lambda: self._user_clipped(coef, threshold))
-
-    def grads_changed(self) -> None:
-        """A change gradwandb knows of (``GradScaler.unscale_``): not an unseen one."""
-        if self._active and not self._measured:
-            self._watched.remember_versions()
-
     # -- the step -------------------------------------------------------------------------
 
     def _plan(self, k: int) -> Plan:
@@ -394,36 +370,6 @@ class Tracker:
         self._pending = pending
         if skipped and self.optimizers:
             drop_grads(self.optimizers, self.model)  # every update of this step is skipped
-
-    def _user_clipped(self, coef: Tensor, threshold: float) -> None:
-        pending = self._pending
-        if self.optimizers:
-            if pending is None or pending.skipped:
-                return
-            previous = pending.device.get("coef")
-            pending.device["coef"] = coef if previous is None else torch.minimum(previous, coef)
-            pending.device["threshold"] = torch.tensor(threshold, dtype=torch.float64)
-            return
-        self._amend_clip(coef, threshold)  # no optimizer: this step's row is already out
-
-    def _amend_clip(self, coef: Tensor, threshold: float) -> None:
-        """Add a clip by hand, after the row of its step, to that row (one more sync)."""
-        last = self._last_row
-        if last is None or last[0] != self._step - 1:
-            return
-        k, own = last
-        value = float(coef) * own
-        self._host_bites += int(value < 1.0)
-        bites = self._host_bites + (int(float(self._bites)) if self._bites is not None else 0)
-        self.sink.log(
-            {
-                self.keys.scalar(K.STEP): k,
-                self.keys.scalar(K.CLIP_COEF): value,
-                self.keys.scalar(K.CLIP_THRESHOLD): threshold,
-                self.keys.scalar(K.CLIP_RATE): bites / (k + 1),
-            },
-            k,
-        )
 
     def _begin(self) -> None:
         """The optimizer is about to step: statistics (if no clip took them), own clipping."""
@@ -508,23 +454,8 @@ class Tracker:
             if skipped:  # zeroed only now: the record had to see what the gradients held
                 drop_grads(self.optimizers, self.model)
 
-    def _warn_unseen(self, changed: list[str]) -> None:
-        if not changed or self._unseen_warned:
-            return
-        self._unseen_warned = True
-        shown = ", ".join(changed[:5]) + (
-            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-        )
-        warnings.warn(
-            f"gradwandb: the gradients of {shown} changed between the end of backward and "
-            "optimizer.step() by something gradwandb does not see, so from this step on the "
-            "logged numbers may be taken after that change (for instance after a clip). Call "
-            "torch.nn.utils.clip_grad_norm_ / clip_grad_value_ through torch.nn.utils (not a "
-            "copy imported before gradwandb.watch), or pass clip= to gradwandb.watch",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        self.sink.summary({self.keys.scalar(K.UNSEEN_GRAD_CHANGE): True})
+    def _remember_versions(self) -> None:
+        self._watched.remember_versions()
 
     def _ran(self, modules: Sequence[nn.Module]) -> None:
         """The first forward told the order the modules run in: name parameters in it."""

@@ -136,5 +136,4 @@ RESERVED = (
     *(key.removeprefix("grad/") for key in (K.CLIP_THRESHOLD, K.NONFINITE)),
     "clip_zscore",
     "clip_unit_frac",
-    "forward_check",
 )
