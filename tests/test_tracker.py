@@ -333,13 +333,30 @@ def test_finite_gradients_whose_float32_squares_overflow_get_a_finite_norm() -> 
     model = nn.Linear(4, 1, bias=False)
     opt = torch.optim.SGD(model.parameters(), lr=1e-30)
     sink = MemorySink()
-    with gradwandb.watch(model, opt, sink=sink, clip=1.0, guard=True, layers_every=1):
+    with gradwandb.watch(model, opt, sink=sink, clip=1.0, layers_every=1):
         model.weight.grad = torch.full((1, 4), 2e19)  # norm 4e19: past float32's sqrt(max)
         opt.step()
     row = sink.last()
     assert row["grad/global_norm"] == pytest.approx(4e19, rel=1e-6)
     assert row["grad_norm/weight"] == pytest.approx(4e19, rel=1e-6)
-    assert row["grad/nonfinite"] == 0 and row["guard/skipped"] == 0  # finite: not skipped
+    assert row["grad/nonfinite"] == 0
     assert row["grad/clip_coef"] == pytest.approx(1 / 4e19, rel=1e-5)
     assert model.weight.grad is not None
     assert model.weight.grad.double().norm().item() == pytest.approx(1.0, rel=1e-5)  # scaled
+
+
+def test_the_guard_skips_an_overflowing_gradient_like_a_nonfinite_one() -> None:
+    model = nn.Linear(4, 1, bias=False)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)  # g*g would overflow its second moment
+    before = model.weight.detach().clone()
+    sink = MemorySink()
+    with gradwandb.watch(model, opt, sink=sink, guard=True):
+        model.weight.grad = torch.full((1, 4), 2e19)
+        opt.step()
+        assert torch.equal(model.weight.detach(), before) and not opt.state  # skipped
+        model.weight.grad = torch.full((1, 4), 1e3)  # a large but sound one goes through
+        opt.step()
+    skipped = [v for _, v in sink.series("guard/skipped")]
+    assert skipped == [1, 0]
+    assert not torch.equal(model.weight.detach(), before)  # only the second step moved it
+    assert torch.isfinite(model.weight).all()

@@ -1,5 +1,9 @@
 """The non-finite guard: skip an optimizer step whose gradients hold NaN/Inf, weights untouched.
 
+A step is bad when a gradient holds NaN/Inf, or when a gradient's norm is past
+:data:`OVERFLOW` (its squares overflow float32, as an optimizer's second moment would):
+overflow and non-finite are treated alike.
+
 Cost model: the guard must know on the host, before the optimizer reads the gradients,
 whether they are finite, so with it on *every* step computes the norms (one pass on the
 device, as clipping does) and reads the global norm back (one sync, before the optimizer
@@ -29,6 +33,8 @@ from torch import Tensor, nn
 
 from gradwandb.live.selection import optimizer_params
 from gradwandb.live.stats import kernels as S
+
+OVERFLOW = math.sqrt(float(torch.finfo(torch.float32).max))  # ~1.84e19: g*g overflows past it
 
 
 @dataclass
@@ -60,10 +66,12 @@ class Guard:
             values = [*values, *more]
             norms = torch.cat([norms, S.grad_norms(more)])
         culprits: list[str] = []
-        if not math.isfinite(float(S.global_norm(norms))):  # the guard's sync
-            suspects = S.nonfinite_flags(norms).nonzero().flatten().tolist()
-            counts = S.nonfinite_counts([values[i] for i in suspects])
-            culprits = [names[i] for i, c in zip(suspects, counts, strict=True) if c]
+        total = float(S.global_norm(norms))  # the guard's sync
+        if not math.isfinite(total) or total > OVERFLOW:
+            # NaN/Inf elements, or a norm whose squares overflow float32 (so would an
+            # optimizer's g*g): both are skipped alike
+            bad = S.nonfinite_flags(norms) | (norms > OVERFLOW)
+            culprits = [names[i] for i in bad.nonzero().flatten().tolist()]
         return self.count(step, culprits)
 
     def count(self, step: int, culprits: Sequence[str]) -> bool:
@@ -86,10 +94,10 @@ class Guard:
         shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
         span = f"step {step}" if self.first == step else f"steps {self.first}-{step}"
         return (
-            f"gradwandb: {self.in_a_row} optimizer steps in a row had NaN/Inf gradients "
-            f"({span}, guard={self.stop_after}), in: {shown}. Each was skipped, so the weights "
-            f"and optimizer state are those from before step {self.first}. Look for what "
-            "overflows in those layers (log or division near 0, a too high learning rate, "
+            f"gradwandb: {self.in_a_row} optimizer steps in a row had NaN/Inf (or overflowing) "
+            f"gradients ({span}, guard={self.stop_after}), in: {shown}. Each was skipped, so "
+            f"the weights and optimizer state are those from before step {self.first}. Look for "
+            "what overflows in those layers (log or division near 0, a too high learning rate, "
             "fp16 without a GradScaler); lower the learning rate or clip (clip=1.0), resume "
             "from a checkpoint, or pass guard=True to skip bad steps without stopping"
         )
