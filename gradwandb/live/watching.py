@@ -116,7 +116,7 @@ def watch(
             recurrent weights' spectra (``rnn/...``) every 100 and a timestep x step heatmap
             (``bptt/<module>/heatmap``) every 500; with ``diagnose`` the summaries feed the
             rules through time (vanishing and exploding per recurrent module). None
-            (default): off; 10 costs about 5% of a step on the seq2seq benchmark.
+            (default): off; 10 costs about a quarter of a step on the seq2seq benchmark.
         bptt_modules: watch only these module paths through time; naming a module that is
             not recurrent (any module over [batch, time, features]) watches it too.
         activations_every: log activation health (``act/...``: saturated, dead and zero
