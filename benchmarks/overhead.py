@@ -26,13 +26,13 @@ are in every variant, bare included, so they cancel out). The variants:
 Method. Each model is built once from a fixed seed and every variant trains its own deep copy
 with its own Adam, on the same small pool of pre-generated batches, so all variants follow the
 same trajectory (they are at the same training step in the same round). All runs are offline
-in one W&B run per model, in a temporary directory. Each variant is warmed up with its hooks
-attached. Then, for ``--rounds`` rounds, in an order that rotates every round, each variant
-attaches its hooks, takes three untimed settling steps (a fresh gradwandb tracker logs its
-parameter table, a histogram and its first BPTT and spectral estimates at its step 0; a real
-run pays that once), times a block of
-``--steps`` steps with ``time.perf_counter`` (with ``torch.cuda.synchronize()`` at both ends
-on a GPU), and detaches. A variant's time is the median over rounds of block time / steps.
+in one W&B run per model, in a temporary directory. Each variant is attached once, as a
+training run is watched once (its step index, clip state and through-time schedule run on
+across rounds; every variant has its own model, so no tracker sees another's steps), and
+warmed up. Then, for ``--rounds`` rounds, in an order that rotates every round, each variant
+takes three untimed settling steps and times a block of ``--steps`` steps with
+``time.perf_counter`` (with ``torch.cuda.synchronize()`` at both ends on a GPU); the
+variants are detached at the end. A variant's time is the median over rounds of block time / steps.
 
 Reported per model: ms/step, the ratio to bare, the time added over bare, and
 "default/floor added" = (gradwandb - bare) / (floor - bare), how many floors the default
@@ -59,8 +59,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -80,7 +79,7 @@ WATCH_KWARGS: dict[str, dict[str, Any]] = {
     "gradwandb+hist": {"hist_every": 1},
 }
 MODELS = ("seq2seq", "mlp")  # the keys of TASKS
-SETTLE_STEPS = 3  # untimed steps after attaching (one-off costs a run pays once), per block
+SETTLE_STEPS = 3  # untimed steps before each timed block
 BATCH_POOL = 4  # distinct batches, cycled
 SYNC_CHECK_STEPS = 30
 SYNC_CHECK_LOG_EVERY = 10
@@ -242,15 +241,6 @@ def attach(arm: Arm, run: Any) -> Detach:
     return lambda: None
 
 
-@contextmanager
-def attached(arm: Arm, run: Any) -> Iterator[None]:
-    detach = attach(arm, run)
-    try:
-        yield
-    finally:
-        detach()
-
-
 # -- timing -------------------------------------------------------------------------------
 
 
@@ -281,18 +271,24 @@ def measure(
 ) -> list[Arm]:
     """Warm up every variant, then time interleaved blocks; each arm's ``times_ms`` filled."""
     arms = [make_arm(v, task) for v in VARIANTS]
-    for arm in arms:
-        with attached(arm, run):
+    # Each arm is watched once for the whole measurement, as a training run is: its step
+    # index, clip state and through-time schedule run on across the rounds (each arm has its
+    # own model, so the trackers never see another arm's steps).
+    detach = [attach(arm, run) for arm in arms]
+    try:
+        for arm in arms:
             for _ in range(warmup):
                 train_step(arm, run)
-    for r in range(rounds):
-        for arm in rotated(arms, r):
-            gc.collect()
-            with attached(arm, run):
+        for r in range(rounds):
+            for arm in rotated(arms, r):
+                gc.collect()
                 for _ in range(SETTLE_STEPS):
                     train_step(arm, run)
                 arm.times_ms.append(time_block(arm, run, steps, sync))
-        progress(f"  {task.name}: round {r + 1}/{rounds}")
+            progress(f"  {task.name}: round {r + 1}/{rounds}")
+    finally:
+        for undo in detach:
+            undo()
     return arms
 
 
