@@ -52,6 +52,8 @@ class Demo:
 
 
 def offline_runs(root: Path) -> list[Path]:
+    """The offline runs under ``root``, in no particular order: two runs started in the same
+    second have names that sort by their random ids, not by when they started."""
     return sorted((root / "wandb").glob("offline-run-*"))
 
 
@@ -74,7 +76,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pytest.Mo
     with contextlib.redirect_stdout(out):
         code = main(["demo", *SMALL, "--dir", str(root)])
     (result,) = results
-    assert [r.run_dir for r in result.runs] == offline_runs(root)
+    assert sorted(r.run_dir for r in result.runs) == offline_runs(root)
     logs = {run.name: read_run(run.run_dir) for run in result.runs}
     return Demo(code, out.getvalue(), result, logs)
 
