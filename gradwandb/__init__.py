@@ -42,9 +42,12 @@ _EXPORTS = {
     "UnitwiseClip": "gradwandb.live.clip.adaptive",
     "ValueClip": "gradwandb.live.clip.adaptive",
     "ZScoreClip": "gradwandb.live.clip.adaptive",
+    "build_wandb_report": "gradwandb.report.publish",
     "read_run": "gradwandb.read.run",
     "unwatch": "gradwandb.live.watching",
     "watch": "gradwandb.live.watching",
+    "write_report": "gradwandb.report.render",
+    "write_sweep_report": "gradwandb.report.sweep",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -147,4 +150,13 @@ if TYPE_CHECKING:
     )
     from gradwandb.read.run import (
         read_run as read_run,
+    )
+    from gradwandb.report.publish import (
+        build_wandb_report as build_wandb_report,
+    )
+    from gradwandb.report.render import (
+        write_report as write_report,
+    )
+    from gradwandb.report.sweep import (
+        write_sweep_report as write_sweep_report,
     )

@@ -6,6 +6,7 @@ arguments and returns the exit status. Its docstring's first line is its ``--hel
 
     gradwandb demo --steps 100 --cell lstm
     python -m gradwandb demo --online
+    gradwandb report wandb/offline-run-*-broken wandb/offline-run-*-fixed -o report.html
 """
 
 from __future__ import annotations
@@ -172,7 +173,108 @@ def sweep(parser: argparse.ArgumentParser) -> Handler:
     return handler
 
 
-COMMANDS: tuple[Command, ...] = (demo, sweep)
+def step_list(text: str) -> list[int]:
+    """An argparse type: optimizer steps separated by commas (``0,50,100``)."""
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected optimizer steps separated by commas (e.g. 0,50,100), got {text!r}"
+        ) from None
+    if not steps or any(s < 0 for s in steps):
+        raise argparse.ArgumentTypeError(f"expected steps of 0 or more, got {text!r}")
+    return steps
+
+
+def report(parser: argparse.ArgumentParser) -> Handler:
+    """Turn runs or a sweep into one self-contained HTML page, or a W&B Report."""
+    parser.description = (
+        "Read what runs logged (offline run directories, or entity/project/run_id on W&B) and "
+        "write one HTML file that opens with no network: the global norm and clip "
+        "coefficient, the layer x step heatmap, gradient-flow bars, per-timestep (BPTT) "
+        "curves, the verdict and findings with their fixes, the parameter table and config. "
+        "Several runs are shown side by side (before and after a fix). With --sweep, the "
+        "sweep's phase diagram, parameter-versus-outcome plots and table. With --publish, a W&B "
+        "Report in --entity/--project instead (needs `wandb login` and "
+        "pip install 'gradwandb[reports]'); it prints the report's URL."
+    )
+    parser.add_argument(
+        "runs", nargs="*", metavar="RUN", help="offline run directory or entity/project/run_id"
+    )
+    parser.add_argument(
+        "--sweep", metavar="SWEEP", help="a sweep folder (gradwandb sweep --dir) or a W&B sweep"
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="FILE", default=None,
+        help="the HTML file (default: report.html, or sweep-report.html with --sweep)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--steps", type=step_list, default=None, metavar="S,S,...",
+        help="optimizer steps of the gradient-flow bars (default: first, middle, last)",
+    )  # fmt: skip
+    parser.add_argument("--title", default=None, help="the page's (or Report's) title")
+    parser.add_argument("--publish", action="store_true", help="save a W&B Report instead")
+    parser.add_argument("--entity", default=None, help="W&B entity of the Report (--publish)")
+    parser.add_argument("--project", default=None, help="W&B project of the Report (--publish)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+    def handler(args: argparse.Namespace) -> int:
+        from gradwandb.report import PublishError, ReportError
+
+        try:
+            if not args.runs and not args.sweep:
+                raise ReportError("pass one or more RUN directories, or --sweep SWEEP")
+            if args.publish:
+                print(_publish(args))
+                return 0
+            if args.sweep:
+                from gradwandb.report.sweep import write_sweep_report
+
+                path = write_sweep_report(
+                    args.sweep, args.output or "sweep-report.html", progress=not args.no_progress
+                )
+                if args.runs:
+                    print("gradwandb report: with --sweep, the RUN arguments are ignored",
+                          file=sys.stderr)  # fmt: skip
+            else:
+                from gradwandb.report.render import write_report
+
+                path = write_report(
+                    args.runs,
+                    args.output or "report.html",
+                    steps=args.steps,
+                    title=args.title,
+                    progress=not args.no_progress,
+                )
+        except ReportError as error:
+            print(f"gradwandb report: {error}", file=sys.stderr)
+            return 2
+        except PublishError as error:
+            print(f"gradwandb report --publish: {error}", file=sys.stderr)
+            return 1
+        print(f"report: {path.resolve()} ({path.stat().st_size / 1e6:.2f} MB)")
+        return 0
+
+    return handler
+
+
+def _publish(args: argparse.Namespace) -> str:
+    """Build the W&B Report of ``args`` and save it; returns its URL."""
+    from gradwandb.report.publish import PublishError, brief_of, build_wandb_report, save_report
+    from gradwandb.report.sources import load_run
+    from gradwandb.report.sweep import load_sweep_data
+
+    if not args.entity or not args.project:
+        raise PublishError("--publish needs --entity E and --project P (where the runs are)")
+    briefs = [brief_of(label, log) for label, _, log in (load_run(r) for r in args.runs)]
+    sweep = load_sweep_data(args.sweep) if args.sweep else None
+    built = build_wandb_report(
+        args.entity, args.project, runs=briefs, sweep=sweep, title=args.title
+    )
+    return save_report(built)
+
+
+COMMANDS: tuple[Command, ...] = (demo, report, sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:
