@@ -9,6 +9,8 @@ tracker is active, this module routes torch's clipping functions through gradwan
   norms torch's own algorithm computes (the same kernels, in the same order, so the value it
   returns is exactly torch's and the step still costs one norm pass), then torch scales the
   gradients; the tracker logs the coefficient torch applied, ``min(1, max_norm/(total+1e-6))``.
+  A ``max_norm`` of infinity (how the Hugging Face Trainer measures the norm when it does not
+  clip) only measures: the statistics are taken, no clip is reported.
 - ``torch.nn.utils.clip_grads_with_norm_`` (also what a ``clip_grad_norm_`` imported before
   ``watch`` calls inside): the statistics are taken before the scaling.
 - ``torch.nn.utils.clip_grad_value_``: the statistics are taken before it; its coefficient
@@ -21,6 +23,7 @@ the methods of :class:`Listener`; trackers are held weakly.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -120,6 +123,8 @@ def clip_grad_norm_(
         for listener in listeners:
             listener.before_clip(grads, norms)
         _ORIGINALS["_clip_grads_with_norm_"](params, max_norm, total, foreach)
+    if math.isinf(float(max_norm)):  # only measures (the HF Trainer's max_grad_norm=0): no clip
+        return total
     coef = torch.clamp(float(max_norm) / (total + 1e-6), max=1.0)
     for listener in listeners:
         listener.after_clip(coef, float(max_norm))
@@ -137,7 +142,7 @@ def clip_grads_with_norm_(
     for listener in listeners:
         listener.before_clip(grads, None)
     _ORIGINALS["_clip_grads_with_norm_"](params, max_norm, total_norm, foreach)
-    if listeners:
+    if listeners and not math.isinf(float(max_norm)):
         coef = torch.clamp(float(max_norm) / (total_norm + 1e-6), max=1.0)
         for listener in listeners:
             listener.after_clip(coef, float(max_norm))
