@@ -458,7 +458,9 @@ def test_curves_belong_to_the_step_they_are_logged_at() -> None:
     opt = torch.optim.SGD(rnn.parameters(), lr=0.01)
     sink = MemorySink()
     with gradwandb.watch(rnn, opt, sink=sink, log_every=2) as tracker:
-        monitor = BPTTMonitor(rnn, every=3, spectral_every=None, clock=lambda: tracker.step)
+        monitor = BPTTMonitor(
+            rnn, every=3, spectral_every=None, clock=lambda: tracker.step, curve_every=1
+        )
         tracker.add_observer(monitor.attach())
         expected = {}
         for step in range(8):
@@ -473,7 +475,7 @@ def test_curves_belong_to_the_step_they_are_logged_at() -> None:
     # without a clock the monitor follows the records: exact when every step is logged ...
     sink = MemorySink()
     with gradwandb.watch(rnn, opt, sink=sink) as tracker:
-        monitor = BPTTMonitor(rnn, every=3, spectral_every=None)
+        monitor = BPTTMonitor(rnn, every=3, spectral_every=None, curve_every=1)
         tracker.add_observer(monitor.attach())
         for step in range(7):
             opt.zero_grad()
@@ -547,6 +549,8 @@ def test_an_internal_error_never_reaches_the_backward(monkeypatch: pytest.Monkey
         (lambda: Seq2Seq(5, 4), {"every": 0}, ValueError, "every must be at least 1"),
         (lambda: Seq2Seq(5, 4), {"spectral_every": 2.5}, TypeError, "spectral_every"),
         (lambda: Seq2Seq(5, 4), {"keys": "critic"}, TypeError, "gradwandb.Keys"),
+        (lambda: Seq2Seq(5, 4), {"curve_every": 0}, ValueError, "curve_every .* got 0"),
+        (lambda: Seq2Seq(5, 4), {"curve_every": 2.0}, ValueError, "curve_every .* got 2.0"),
         (lambda: "model", {}, TypeError, r"nn.Module\), got 'model' \(str\)"),
     ],
 )
@@ -555,6 +559,23 @@ def test_bad_arguments_name_the_value_and_the_fix(
 ) -> None:
     with pytest.raises(error, match=match):
         BPTTMonitor(make(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_curve_tables_come_every_curve_every_monitored_steps_and_summaries_every_one() -> None:
+    rnn = _make(nn.GRU, batch_first=True)
+    opt = torch.optim.SGD(rnn.parameters(), lr=0.01)
+    sink = MemorySink()
+    with gradwandb.watch(rnn, opt, sink=sink, bptt_every=2):
+        for step in range(2 * recurrent.CURVE_EVERY + 3):
+            opt.zero_grad()
+            _encoder_step(rnn, seed=step)
+            opt.step()
+    monitored = [s for s, r in sink.rows if "bptt/gru/horizon" in r]
+    assert monitored == list(range(0, 2 * recurrent.CURVE_EVERY + 3, 2))
+    tables = [s for s, r in sink.rows if "bptt/gru/curve" in r]
+    memory = [s for s, r in sink.rows if "bptt/gru/memory_curve" in r]
+    assert tables == memory == [0, 2 * recurrent.CURVE_EVERY]
+    assert all("bptt/gru/memory_horizon" in r for s, r in sink.rows if s in monitored)
 
 
 def test_modules_selects_by_path() -> None:
@@ -572,7 +593,7 @@ def test_end_to_end_on_seq2seq_with_the_tracker() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sink = MemorySink()
     tracker = gradwandb.watch(model, opt, sink=sink)
-    monitor = BPTTMonitor(model, every=2, spectral_every=2)
+    monitor = BPTTMonitor(model, every=2, spectral_every=2, curve_every=1)
     monitor.attach()
     tracker.add_observer(monitor)
     seen: list[Tensor] = []
@@ -843,7 +864,9 @@ def test_forwards_that_carry_the_returned_state_continue_the_sequence() -> None:
     torch.manual_seed(0)
     rnn = nn.GRU(5, 7, batch_first=True, dtype=torch.float64)
     x = _inputs((3, 5, 5), seed=24)
-    monitor = BPTTMonitor(rnn, every=1, spectral_every=None, heatmap_every=None).attach()
+    monitor = BPTTMonitor(
+        rnn, every=1, spectral_every=None, heatmap_every=None, curve_every=1
+    ).attach()
     state, outs = None, []
     for t in range(5):
         out, state = rnn(x[:, t : t + 1], state)  # each call is a forward of the model
@@ -907,8 +930,10 @@ def test_seq2seq_decoding_per_token_logs_the_target_length() -> None:
     assert len(logged) == 2
     for row in logged:
         assert (row["bptt/encoder/seq_len"], row["bptt/decoder/seq_len"]) == (5, 7)
-        assert len(_curve(row, "decoder")["input_grad_norm"]) == 7
         assert "bptt/decoder/memory_horizon" in row
+    # the curve tables on the first monitored step, then every CURVE_EVERY-th
+    assert len(_curve(logged[0], "decoder")["input_grad_norm"]) == 7
+    assert "bptt/decoder/curve" not in logged[1]
 
 
 # -- saving and copying a watched model -----------------------------------------------------
@@ -966,4 +991,4 @@ def test_a_watched_model_saves_copies_and_pickles_without_live_hooks() -> None:
         seq2seq_loss(model, reverse_batch(4, 5, 10, gen)).backward()
         opt.step()
     assert len(sink.rows) == rows_before + 1  # the copies' training logged nothing
-    assert "bptt/decoder/memory_curve" in sink.rows[-1][1]
+    assert "bptt/decoder/memory_horizon" in sink.rows[-1][1]

@@ -341,7 +341,8 @@ def _train_monitor(
 def test_heatmap_data_equals_the_logged_curves() -> None:
     torch.manual_seed(0)
     rnn = nn.RNN(3, 6, batch_first=True)
-    monitor = BPTTMonitor(rnn, every=1, spectral_every=None, heatmap_every=3).attach()
+    monitor = BPTTMonitor(rnn, every=1, spectral_every=None, heatmap_every=3, curve_every=1)
+    monitor.attach()
     rows = _train_monitor(monitor, rnn, [5, 7, 4, 6])
     monitor.remove()
     steps, grid = monitor.heatmap_data("rnn")

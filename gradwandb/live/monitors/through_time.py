@@ -137,6 +137,7 @@ __all__ = [
 ]
 
 HEATMAP_COLUMNS = 100  # monitored steps kept per module for the heatmap
+CURVE_EVERY = 10  # monitored steps between two logged curve tables (the first is logged)
 
 
 # -- the curve and its summaries (host) ---------------------------------------------------
@@ -213,6 +214,10 @@ class BPTTMonitor(SequenceCapture):
         heatmap_every: log each module's timestep x step heatmap on these steps (same forms).
         probe_sequences: how many sequences of a monitored step the memory probe re-runs
             (the first of the batch); 0: no probe.
+        curve_every: log the per-timestep curve tables on every this-many-th monitored step
+            (the first included; 1: every one). The summaries, the diagnosis and the heatmap
+            take every monitored step either way: a W&B Table costs a file and about 10 ms
+            per module, most of a monitored step's cost.
 
     Call :meth:`attach` to hook the modules, add the monitor as an observer
     (``tracker.add_observer(monitor)``), and :meth:`remove` when done.
@@ -221,7 +226,8 @@ class BPTTMonitor(SequenceCapture):
     when the model is the recurrent module itself; a tagged ``keys`` inserts its tag after the
     first ``/``), on monitored steps:
 
-    - ``bptt/<module>/curve``: a :class:`~gradwandb.live.sinks.Table` with a row per timestep:
+    - ``bptt/<module>/curve`` (on every ``curve_every``-th monitored step): a
+      :class:`~gradwandb.live.sinks.Table` with a row per timestep:
       ``timestep``, ``input_grad_norm`` (dL/dx_t), ``output_grad_norm`` (dL/dh_t), or for a
       bidirectional module ``output_grad_norm_forward`` and ``output_grad_norm_reverse``;
     - ``bptt/<module>/first_last_ratio``, ``decay_rate``, ``horizon``, ``seq_len``: summaries
@@ -260,6 +266,7 @@ class BPTTMonitor(SequenceCapture):
         clock: Callable[[], int] | None = None,
         heatmap_every: ScheduleLike | None = 500,
         probe_sequences: int = PROBE_SEQUENCES,
+        curve_every: int = CURVE_EVERY,
     ) -> None:
         self._check_model(model)
         if isinstance(horizon_factor, bool) or not isinstance(horizon_factor, (int, float)):
@@ -278,8 +285,15 @@ class BPTTMonitor(SequenceCapture):
                 "probe_sequences must be an int >= 0, the sequences of a batch the memory probe "
                 f"re-runs (e.g. 4; 0: no probe), got {probe_sequences!r}"
             )
+        if isinstance(curve_every, bool) or not isinstance(curve_every, int) or curve_every < 1:
+            raise ValueError(
+                "curve_every must be an int >= 1, how many monitored steps apart the curve "
+                f"tables are logged (e.g. 10; 1: every monitored step), got {curve_every!r}"
+            )
         self._start(model, keys, every, clock)
         self.probe_sequences = probe_sequences
+        self.curve_every = curve_every
+        self._reports = 0  # monitored steps reported so far
         self._probe_shield = Shield(
             "gradwandb.BPTTMonitor", "the memory probe is switched off (the curves go on)"
         )
@@ -359,9 +373,11 @@ class BPTTMonitor(SequenceCapture):
                     row[rnn_key(self.keys, tap.name, weight, gate, SPECTRAL_RADIUS)] = radius
                     row[rnn_key(self.keys, tap.name, weight, gate, SIGMA_MAX)] = sigma
             reports = []
+            tables = self._reports % self.curve_every == 0
+            self._reports += bool(ready)
             for i, tap in enumerate(ready):
                 curve_row, summary = self._curve_row(
-                    tap, step, host[f"in{i}"], host.get(f"out{i}"), host.get(f"mem{i}")
+                    tap, step, host[f"in{i}"], host.get(f"out{i}"), host.get(f"mem{i}"), tables
                 )
                 row.update(curve_row)
                 reports.append((tap, summary))
@@ -407,14 +423,17 @@ class BPTTMonitor(SequenceCapture):
         inputs: list[float],
         outputs: list[float] | None,
         memory: list[float] | None = None,
+        tables: bool = True,
     ) -> tuple[dict[str, Value], RecurrentSummary]:
         length = max(len(tap.inputs.counts), len(tap.outputs.counts))
         x = tap.inputs.means(inputs, length)[0]
         dirs = tap.directions
         ys = tap.outputs.means(outputs, length) if outputs is not None else [[0.0] * length] * dirs
-        columns = (*CURVE_COLUMNS, *OUTPUT_COLUMNS[dirs])
-        rows = [[t, x[t], *(y[t] for y in ys)] for t in range(length)]
-        row: dict[str, Value] = {bptt_key(self.keys, tap.name, CURVE): Table(columns, rows)}
+        row: dict[str, Value] = {}
+        if tables:
+            columns = (*CURVE_COLUMNS, *OUTPUT_COLUMNS[dirs])
+            rows = [[t, x[t], *(y[t] for y in ys)] for t in range(length)]
+            row[bptt_key(self.keys, tap.name, CURVE)] = Table(columns, rows)
         stats = curve_summary(x, self.horizon_factor)
         for stat, value in stats.items():
             row[bptt_key(self.keys, tap.name, stat)] = value
@@ -423,8 +442,9 @@ class BPTTMonitor(SequenceCapture):
         decay, ratio = stats.get(DECAY_RATE), stats.get(FIRST_LAST_RATIO)
         mem: dict[str, float | int] = {}
         if memory is not None:
-            rows = [[t, m] for t, m in enumerate(memory)]
-            row[bptt_key(self.keys, tap.name, MEMORY_CURVE)] = Table(MEMORY_COLUMNS, rows)
+            if tables:
+                rows = [[t, m] for t, m in enumerate(memory)]
+                row[bptt_key(self.keys, tap.name, MEMORY_CURVE)] = Table(MEMORY_COLUMNS, rows)
             mem = curve_summary(memory, self.horizon_factor)
             for stat, name in _MEMORY_STATS.items():
                 if stat in mem:
