@@ -25,7 +25,7 @@ place instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -54,12 +54,16 @@ class Guard:
         values: Sequence[Tensor],
         norms: Tensor,
         also: Sequence[tuple[str, Tensor]] = (),
+        agree: Callable[[Sequence[str], Sequence[str]], list[str]] | None = None,
     ) -> bool:
         """Whether step ``step``'s gradients hold NaN/Inf; counts it. One host sync.
 
         ``values`` are the gradients (dense values) named by ``names``, ``norms`` their norms;
         ``also`` more gradients the step would apply (an optimizer's unwatched parameters).
+        ``agree(culprits, names)`` (several processes) turns this rank's culprits into every
+        rank's, so all ranks skip the same steps.
         """
+        watched = list(names)
         if also:
             more = [S.dense_values(g) for _, g in also]
             names = [*names, *(n for n, _ in also)]
@@ -72,6 +76,8 @@ class Guard:
             # optimizer's g*g): both are skipped alike
             bad = S.nonfinite_flags(norms) | (norms > OVERFLOW)
             culprits = [names[i] for i in bad.nonzero().flatten().tolist()]
+        if agree is not None:
+            culprits = agree(culprits, watched)
         return self.count(step, culprits)
 
     def count(self, step: int, culprits: Sequence[str]) -> bool:

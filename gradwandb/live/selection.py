@@ -85,6 +85,9 @@ def select_parameters(
             f"model must be a torch.nn.Module, got {type(model).__name__}; "
             "pass the model itself, e.g. gradwandb.watch(model, optimizer)"
         )
+    from gradwandb.live.distributed import fsdp1_numels, full_numel
+
+    sizes = fsdp1_numels(model)  # FSDP1: a rank's piece may be empty, the tensor is not
     named = [(user_name(n), p) for n, p in unwrap(model).named_parameters()]
     if not named:
         raise ValueError(
@@ -92,7 +95,7 @@ def select_parameters(
             "watch the module that holds the trainable weights"
         )
     match = _matcher(params)
-    chosen = [(n, p) for n, p in named if p.numel() > 0 and match(n, p)]
+    chosen = [(n, p) for n, p in named if full_numel(p, sizes) > 0 and match(n, p)]
     if not chosen:
         sample = ", ".join(n for n, _ in named[:5])
         raise ValueError(
@@ -128,14 +131,14 @@ class Present:
     """The watched parameters that have a gradient this step (positions into the selection)."""
 
     index: list[int]
-    params: list[nn.Parameter]
+    params: list[Tensor]  # the parameters (in several processes: this rank's pieces)
     grads: list[Tensor]
 
 
 def present(params: Sequence[nn.Parameter]) -> Present:
     """Those of ``params`` whose ``.grad`` is set."""
     index = [i for i, p in enumerate(params) if p.grad is not None]
-    chosen = [params[i] for i in index]
+    chosen: list[Tensor] = [params[i] for i in index]
     return Present(index, chosen, [p.grad for p in chosen if p.grad is not None])
 
 

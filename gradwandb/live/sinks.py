@@ -87,6 +87,25 @@ class Sink(Protocol):
         """The tracker is done with this sink; flush anything held back."""
 
 
+class NullSink:
+    """Drops everything: the sink of the ranks other than 0 in a job of several processes."""
+
+    def log(self, row: Mapping[str, Value], step: int) -> None:
+        pass
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        pass
+
+    def alert(self, title: str, text: str, level: str) -> None:
+        pass
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class MemorySink:
     """Keeps rows in memory, merged per step, in step order of arrival."""

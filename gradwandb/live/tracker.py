@@ -48,6 +48,7 @@ from gradwandb.live.capture import (
 from gradwandb.live.clip.policy import ClipPolicy
 from gradwandb.live.clip_listening import ClipListening
 from gradwandb.live.diagnosis.findings import Diagnosis
+from gradwandb.live.distributed import Layout, fsdp1_root, listen_fsdp1_clip
 from gradwandb.live.guard import Guard, drop_grads, unwatched_grads
 from gradwandb.live.record import REPORT, StepRecord, skip_row, to_row
 from gradwandb.live.schedules import Schedule
@@ -91,6 +92,7 @@ class Tracker(ClipListening):
         reselect: Reselect | None = None,
         start_step: int = 0,
         observe_loss: Callable[[int, float | Tensor], None] | None = None,
+        distributed: Layout | None = None,
     ) -> None:
         if isinstance(optimizer, torch.optim.Optimizer):
             optimizers = [optimizer]
@@ -131,6 +133,7 @@ class Tracker(ClipListening):
         self._finished = False  # the observers' finish() was called
         self._guard = Guard(None if guard is True else int(guard)) if guard else None
         self._stop: str | None = None  # raised as StopTraining once the running hook is done
+        self._dist = distributed  # several processes: pieces, weights, the one reduction
 
         sink.summary(
             {
@@ -161,6 +164,9 @@ class Tracker(ClipListening):
         if scaler is not None:
             wrap_method(self._hooks, scaler, "step", self._scaler_step)
         self._hooks.on_remove(user_clip.listen(self))
+        if distributed is not None and fsdp1_root(model):  # FSDP1's own clip: seen as torch's
+            around = listen_fsdp1_clip(model, lambda: self.before_clip([], None), self.after_clip)
+            wrap_method(self._hooks, model, "clip_grad_norm_", around)
         on_finish = getattr(sink, "on_finish", None)
         if callable(on_finish):
             on_finish(self._sink_finished)
@@ -329,17 +335,26 @@ class Tracker(ClipListening):
         plan = self._plan(k)
         if not (plan.anything or self.clip is not None or self._guard is not None):
             return  # nothing scheduled: no work, no sync
-        now = present(self._params)
+        dist = self._dist
+        now = present(self._params) if dist is None else dist.present(self._params)
         if not now.grads:
             return
         if given is None and self.optimizers and plan.anything:
             self._warn_unseen(self._watched.changed())
         values = [S.dense_values(g) for g in now.grads]
         stats = S.grad_stats(values) if plan.layers else None  # L2, L1, max in one pass
+        reducer = None if dist is None else dist.reducer(self._params, now)
+        numels = (
+            [p.numel() for p in now.params]
+            if dist is None
+            else dist.numels(self._params, now.index)
+        )
         if stats is not None:
             norms = stats[S.NORM]
-        elif given is not None and all(
-            id(g) in given and given[id(g)].dtype in _WIDE for g in now.grads
+        elif (
+            given is not None
+            and reducer is None
+            and all(id(g) in given and given[id(g)].dtype in _WIDE for g in now.grads)
         ):
             norms = torch.stack([given[id(g)] for g in now.grads]).double()  # torch's own pass
         else:
@@ -347,21 +362,32 @@ class Tracker(ClipListening):
         norms = S.without_overflow(norms, values)
         names = [self.names[i] for i in now.index]
         skipped = self._guard is not None and self._guard.trips(
-            k, names, values, norms, also=unwatched_grads(self.optimizers, self._params)
+            k,
+            names,
+            values,
+            norms,
+            also=unwatched_grads(self.optimizers, self._params),
+            agree=None if dist is None else dist.agree,
         )
         if skipped:
             plan = replace(plan, log=True)  # a skipped step is always logged
+        extras: dict[str, Tensor] = {}
+        if reducer is not None and (plan.anything or self.clip is not None):  # the one SUM
+            params = now.params if plan.layers else None
+            norms, stats, extras = reducer.measure(norms, values, stats, params, numels)
         view = GradientView(
             step=k,
             names=names,
             grads=values,
             params=list(now.params),
             norms=norms,
-            numels=[p.numel() for p in now.params],
+            numels=numels,
             tiers=plan.tiers,
+            reducer=reducer,
         )
         if stats is not None:
             view.cached(MAGNITUDES, lambda: stats)
+        view.preset(extras)  # reduced weight norms, std and mean
         pending = Pending(plan, now, view, skipped=skipped)
         if skipped and self._guard is not None:
             pending.stop = self._guard.stop_message(k)

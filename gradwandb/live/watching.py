@@ -25,6 +25,7 @@ from torch import nn
 from gradwandb import keys as K
 from gradwandb.keys import Keys
 from gradwandb.live import arguments as A
+from gradwandb.live import distributed
 from gradwandb.live.clip.policy import ClipPolicy, as_policy
 from gradwandb.live.diagnosis import DiagnosisObserver, Thresholds
 from gradwandb.live.monitors.activations import ActivationMonitor
@@ -154,11 +155,18 @@ def watch(
     A.check_sink(sink, alerts=alerts and diagnosing)
     if sink is None:
         A.check_run(run)
+    layout = distributed.layout(model, named)  # several processes: which piece is whose
+    rank = distributed.world()[0]
 
-    if sink is None:
+    if sink is None and rank > 0:  # rank 0 logs; the others compute the same numbers, silently
+        sink, destination = distributed.silent_sink(run), f"rank-{rank}"
+    elif sink is None:
         sink, destination = _wandb_sink(run)
     else:
         destination = f"sink-{id(sink)}"
+    if layout is not None:
+        rank_local = [("bptt_every", bptt_every), ("activations_every", activations_every)]
+        distributed.note_rank_local([name for name, on in rank_local if on is not None])
 
     keys = Keys(_tag(destination, model, name))
     previous = _TRACKERS.get(model)
@@ -198,6 +206,7 @@ def watch(
         statistics=(*BUILTIN, *own, *([check.statistic] if check is not None else [])),
         reselect=_reselect(model, params, optimizers),
         start_step=start_step,
+        distributed=layout,
     )
     sink.summary(
         {

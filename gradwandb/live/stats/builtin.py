@@ -25,6 +25,7 @@ from gradwandb.live.stats.spread import GRAD_MEAN, GRAD_STD
 from gradwandb.live.stats.statistic import GradientView, Statistic
 
 MAGNITUDES = "magnitudes"  # the view's cache: the [3, n] L2, L1, max matrix of a per-layer step
+PARAM_NORMS = "param_norms"  # the view's cache: the [n] weight norms, taken before the step
 
 
 def magnitudes(view: GradientView) -> Tensor:
@@ -49,20 +50,27 @@ def _second_look(values: list[float], view: GradientView, record: StepRecord) ->
     if not record.norm and (record.nonfinite_tensors or record.global_norm == 0.0):
         record.put(K.GRAD_NORM, S.to_host({"norms": view.norms})["norms"])
     if record.norm:
-        _check_norms(record, view.grads)
+        _check_norms(record, view.grads, view)
     if "layers" in view.tiers:
         for name in record.names:
             record.nonfinite_elements.setdefault(name, 0)
 
 
-def _check_norms(record: StepRecord, values: list[Tensor]) -> None:
+def _check_norms(record: StepRecord, values: list[Tensor], view: GradientView) -> None:
     norm, top = record.norm, record.max_abs
     known = bool(top)
     bad = [i for i, x in enumerate(norm) if not (_finite(x) and (not known or _finite(top[i])))]
     counts = dict(zip(bad, S.nonfinite_counts([values[i] for i in bad]), strict=True))
+    if view.reducer is not None and bad:  # pieces: the full tensors' counts, in one SUM
+        local = [float(counts.get(i, 0)) for i in range(len(norm))]
+        full = view.reducer.sum(torch.tensor(local, dtype=torch.float64, device=view.norms.device))
+        counts = {i: int(c) for i, c in enumerate(full.tolist()) if i in counts or c}
+        bad = sorted(counts)
     for i, c in counts.items():
         record.nonfinite_elements[record.names[i]] = c
     record.nonfinite_tensors = sum(1 for c in counts.values() if c)
+    if view.reducer is not None:
+        return  # the reduced norms stand: a piece's exact norm is not the tensor's
     underflow = [i for i, x in enumerate(norm) if x == 0.0 and (not known or top[i] > 0)]
     redo = underflow + [i for i, c in counts.items() if c == 0]
     if redo:
@@ -75,8 +83,11 @@ def _check_norms(record: StepRecord, values: list[Tensor]) -> None:
 def _update_ratio(view: GradientView) -> Tensor | None:
     if view.snapshot is None:  # no optimizer: no update to measure
         return None
-    before = S.grad_norms(view.snapshot)
-    moved = S.grad_norms(torch._foreach_sub([p.detach() for p in view.params], view.snapshot))
+    snapshot = view.snapshot
+    before: Tensor = view.cached(PARAM_NORMS, lambda: S.grad_norms(snapshot))
+    moved = S.grad_norms(torch._foreach_sub([p.detach() for p in view.params], snapshot))
+    if view.reducer is not None:  # pieces: one SUM of the squared update norms
+        moved = view.reducer.norms(moved)
     ratio: Tensor = moved / before.clamp_min(1e-30)
     return ratio
 
@@ -84,17 +95,24 @@ def _update_ratio(view: GradientView) -> Tensor | None:
 def _histograms(view: GradientView) -> Tensor:
     """Values and magnitude histograms of every tensor, flat in one device vector."""
     h = S.histograms(view.grads, magnitudes(view)[S.MAX_ABS])
-    return torch.cat([h.values.reshape(-1), h.scale, h.log10.reshape(-1), h.zeros])
+    stored = torch.stack([h.zeros.new_full((), float(g.numel())) for g in view.grads])
+    counts = torch.cat([h.values, h.log10, h.zeros[:, None], stored[:, None]], dim=1)
+    if view.reducer is not None:  # pieces: bins over shared edges add up, in one SUM
+        counts = view.reducer.sum(counts)
+    vb, lb = S.VALUE_BINS, S.LOG10_BINS
+    values, log10, zeros, total = torch.split(counts, [vb, lb, 1, 1], dim=1)
+    return torch.cat([values.reshape(-1), h.scale, log10.reshape(-1), zeros[:, 0], total[:, 0]])
 
 
 def _read_histograms(values: list[float], view: GradientView, record: StepRecord) -> None:
     n, vb, lb = len(view.names), S.VALUE_BINS, S.LOG10_BINS
     value_counts, rest = values[: n * vb], values[n * vb :]
-    scales, log_counts, zero_counts = rest[:n], rest[n : n + n * lb], rest[n + n * lb :]
+    scales, log_counts = rest[:n], rest[n : n + n * lb]
+    zero_counts, stored = rest[n + n * lb : 2 * n + n * lb], rest[2 * n + n * lb :]
     log_edges = S.log10_edges()
     for i, name in enumerate(view.names):
         numel = view.numels[i]
-        implicit_zeros = numel - view.grads[i].numel()  # a sparse gradient's
+        implicit_zeros = numel - int(stored[i])  # a sparse gradient's
         counts = value_counts[i * vb : (i + 1) * vb]
         counts[vb // 2] += implicit_zeros  # the bin that holds 0
         record.value_hist[name] = Histogram(counts, S.value_edges(scales[i]))
@@ -113,7 +131,10 @@ GRAD_NORM = Statistic(K.GRAD_NORM, lambda v: v.norms)
 GRAD_MEAN_ABS = Statistic(K.GRAD_MEAN_ABS, lambda v: magnitudes(v)[S.L1_SUM], finalize=_mean_abs)
 GRAD_MAX_ABS = Statistic(K.GRAD_MAX_ABS, lambda v: magnitudes(v)[S.MAX_ABS])
 GRAD_NONFINITE = Statistic(K.GRAD_NONFINITE, None, tier="log", finalize=_second_look)
-PARAM_NORM = Statistic(K.PARAM_NORM, lambda v: S.grad_norms([p.detach() for p in v.params]))
+PARAM_NORM = Statistic(
+    K.PARAM_NORM,
+    lambda v: v.cached(PARAM_NORMS, lambda: S.grad_norms([p.detach() for p in v.params])),
+)
 UPDATE_RATIO = Statistic(K.UPDATE_RATIO, _update_ratio, after_step=True)
 GRAD_HIST = Statistic(K.GRAD_HIST, _histograms, tier="hist", finalize=_read_histograms)
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from gradwandb.live.distributed import Reducer
     from gradwandb.live.record import StepRecord
 
 Tier = Literal["log", "layers", "hist"]
@@ -54,7 +55,10 @@ class GradientView:
     ``grads`` are the gradients the optimizer is about to read, before clipping (a sparse
     gradient's coalesced values), aligned with ``names`` and ``params``; ``norms`` their float64
     L2 norms, computed once per step and shared with clipping and every statistic; ``numels``
-    the element count of each full gradient (a sparse one's implicit zeros count). On an
+    the element count of each full gradient (a sparse one's implicit zeros count). In a job of
+    several processes whose tensors are sharded, ``grads`` and ``params`` are this rank's
+    pieces, ``norms`` and ``numels`` those of the full tensors, and ``reducer`` sums a
+    per-tensor result over the ranks (one collective a call); otherwise it is None. On an
     ``after_step`` statistic's call the parameters hold the updated weights and ``snapshot`` the
     weights from before the step (None without an optimizer).
     """
@@ -68,7 +72,12 @@ class GradientView:
     tiers: frozenset[str] = frozenset()  # the tiers this step runs, e.g. {"log", "layers"}
     snapshot: list[Tensor] | None = None
     state: dict[str, Any] = field(default_factory=dict)  # the running statistic's own
+    reducer: Reducer | None = None
     _cache: dict[str, Any] = field(default_factory=dict)
+
+    def preset(self, values: Mapping[str, Any]) -> None:
+        """Fill the cache with results already made (the reduced numbers of a sharded step)."""
+        self._cache.update(values)
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:
         """``make()`` once per step, shared by the statistics that ask for ``key``."""
