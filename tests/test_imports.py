@@ -176,3 +176,57 @@ def test_the_reading_wing_imports_nothing_of_the_live_wing(module: str) -> None:
             todo += graph.get(name, set())
     live = sorted(m for m in reached if m == "gradwandb.live" or m.startswith("gradwandb.live."))
     assert live == [], f"{module} reaches the live wing through {live}"
+
+
+# -- the optional frameworks (gradwandb[lightning], gradwandb[huggingface]) ---------------------
+
+FRAMEWORKS = ("lightning", "pytorch_lightning", "transformers", "accelerate")
+
+
+def test_import_gradwandb_and_watch_leave_lightning_and_huggingface_out() -> None:
+    code = (
+        "import sys, gradwandb, gradwandb.integrations, gradwandb.live.watching\n"
+        "gradwandb.watch\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS!r}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_only_the_integrations_import_lightning_or_huggingface() -> None:
+    for module in MODULES:
+        if module.startswith("gradwandb.integrations"):
+            continue
+        assert not any(m.startswith("gradwandb.integrations") for m in _every_import(module)), (
+            module
+        )
+        for node in ast.walk(_tree(module)):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                )
+                assert not any(n.split(".")[0] in FRAMEWORKS for n in names), module
+
+
+@pytest.mark.parametrize(
+    ("integration", "missing", "extra"),
+    [
+        ("lightning", ("lightning", "lightning.pytorch", "pytorch_lightning"), "lightning"),
+        ("huggingface", ("transformers",), "huggingface"),
+    ],
+)
+def test_a_missing_framework_names_the_extra_to_install(
+    integration: str, missing: tuple[str, ...], extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    for name in missing:
+        monkeypatch.setitem(sys.modules, name, None)  # import of it raises ImportError
+    monkeypatch.delitem(sys.modules, f"gradwandb.integrations.{integration}", raising=False)
+    with pytest.raises(ImportError, match=rf"pip install 'gradwandb\[{extra}\]'"):
+        importlib.import_module(f"gradwandb.integrations.{integration}")
