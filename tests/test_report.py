@@ -24,15 +24,17 @@ from torch import nn
 
 import gradwandb
 from gradwandb.cli import main
-from gradwandb.read.run import RunLog, read_run
+from gradwandb.read.run import Finding, RunLog, read_run
 from gradwandb.report import sections as S
 from gradwandb.report.downsample import bin_columns, thin_series
 from gradwandb.report.online import run_log
 from gradwandb.report.publish import (
     INSTALL_HINT,
     PublishError,
+    RunBrief,
     brief_of,
     build_wandb_report,
+    summary_markdown,
     workspaces,
 )
 from gradwandb.report.render import render_report
@@ -427,7 +429,11 @@ def test_the_wandb_report_is_built_and_serialized_offline(runs: dict[str, Path])
     assert norm["yLogScale"] is True and norm["xAxis"] == "gradwandb/step"
     text = json.dumps(spec)
     assert "**exploding**" in text and "fix:" in text  # the markdown block of verdicts
-    assert "&lt;script&gt;" not in text or True
+    evil = RunBrief(
+        "x1", EVIL, "exploding", findings=[Finding("spike", "error", EVIL, 3, 1.0, EVIL, "a|b")]
+    )
+    md = summary_markdown([evil])
+    assert "<script" not in md and "&lt;script&gt;" in md and "a\\|b" in md
     runset = spec["blocks"][4]["metadata"]["runSets"][0]
     ids = runset["filters"]["filters"][0]["value"]
     assert ids == [b.id for b in briefs] and all(len(i) == 8 for i in ids)
