@@ -230,3 +230,31 @@ def test_a_missing_framework_names_the_extra_to_install(
     monkeypatch.delitem(sys.modules, f"gradwandb.integrations.{integration}", raising=False)
     with pytest.raises(ImportError, match=rf"pip install 'gradwandb\[{extra}\]'"):
         importlib.import_module(f"gradwandb.integrations.{integration}")
+
+
+def test_import_gradwandb_and_the_reports_leave_drawing_workspaces_and_torch_out() -> None:
+    code = (
+        "import sys, gradwandb, gradwandb.report, gradwandb.report.sweep\n"
+        "gradwandb.write_report, gradwandb.build_wandb_report\n"
+        "heavy = ('matplotlib', 'wandb_workspaces', 'torch', 'wandb')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy\n"
+        "             or m.startswith(('gradwandb.live', 'gradwandb.plots'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_reports_draw_and_publish_only_when_asked() -> None:
+    graph = _graph()
+    for module in (m for m in MODULES if m.startswith("gradwandb.report")):
+        assert not {e for e in graph[module] if e.startswith("gradwandb.plots")}, module
+    assert "gradwandb.plots.lines" in _every_import("gradwandb.report.sections")
+    assert "gradwandb.plots.verdicts" in _every_import("gradwandb.report.sweep")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("gradwandb.report")))
+def test_the_reports_import_nothing_of_the_live_wing(module: str) -> None:
+    test_the_reading_wing_imports_nothing_of_the_live_wing(module)
