@@ -19,6 +19,10 @@ embeddings keep theirs): ``default`` (PyTorch's), ``normal`` (N(0, (init_std / s
 a vanilla RNN's recurrent weights then have a spectral radius of about ``init_std``), ``xavier``,
 ``kaiming`` or ``orthogonal``. ``layer_norm`` normalises the state handed from encoder to
 decoder, the decoder's outputs, and with ``decoder=loop`` the hidden state at every step.
+``gate_bias`` starts the bias of a gated cell's keep-the-state gate there (LSTM: the forget
+gate; GRU: the update gate): at 2 the cell keeps about 88% of its state per step at the start
+(sigmoid(2)), so its memory reaches back ~18 steps instead of ~3 (a vanilla RNN has no gate and
+ignores it).
 
 Defaults come from ``examples/configs/seq2seq.yaml``; overrides are ``name=value`` or
 ``--name=value``; under a W&B sweep agent the swept values arrive in ``wandb.config`` too
@@ -65,6 +69,7 @@ class Config:
     seq_len: int = knob(10, "source (and target) length", low=1)
     vocab: int = knob(10, "tokens, BOS included", low=3)
     layer_norm: bool = knob(False, "layer norm on the bridge, outputs (and loop state)")
+    gate_bias: float = knob(0.0, "LSTM forget / GRU update gate bias at the start; rnn: unused")
     decoder: str = knob(
         "whole", "decoder over the whole target or token by token", choices=("whole", "loop")
     )
@@ -185,6 +190,25 @@ def initialise(model: nn.Module, scheme: str, std: float) -> None:
                 nn.init.zeros_(b)
 
 
+KEEP_GATE = {nn.LSTM: 1, nn.GRU: 1}  # the block of the gate that keeps the state (i f g o, r z n)
+
+
+def keep_state(model: nn.Module, bias: float) -> None:
+    """Set the keep-the-state gate's bias of every LSTM/GRU in ``model`` to ``bias`` (the
+    input-side bias holds it, the hidden-side one is zeroed, so the gate sees ``bias``)."""
+    if bias == 0.0:
+        return
+    for module in model.modules():
+        block = KEEP_GATE.get(type(module))
+        if block is None:
+            continue
+        h = module.hidden_size
+        with torch.no_grad():
+            for name, b in module.named_parameters():
+                if name.startswith("bias"):
+                    b[block * h : (block + 1) * h] = bias if name.startswith("bias_ih") else 0.0
+
+
 def accuracy(model: Seq2Seq, held_out: tuple[Tensor, Tensor, Tensor]) -> float:
     """Fraction of held-out target tokens the greedy decoding gets right."""
     src, _, tgt_out = held_out
@@ -207,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(c.seed)
     model = Seq2Seq(c)
     initialise(model, c.init, c.init_std)
+    keep_state(model, c.gate_bias)
     model.to(device)
     optimizer = OPTIMIZERS[c.optimizer](model.parameters(), lr=c.lr)
     data = torch.Generator().manual_seed(c.seed + 1)

@@ -24,7 +24,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"
 TINY = {
     "seq2seq.py": ["decoder=loop", "cell=lstm", "--layer_norm=true", "init=orthogonal",
                    "seq_len=4", "hidden_size=8", "emb_dim=4", "batch_size=4", "eval_size=8",
-                   "bptt_every=1", "clip=1.0"],
+                   "bptt_every=1", "clip=1.0", "gate_bias=2"],
     "deep_mlp.py": ["depth=3", "width=8", "--residual=yes", "normalization=layer",
                     "init=kaiming", "batch_size=8", "eval_size=16", "optimizer=adam"],
 }  # fmt: skip
@@ -85,3 +85,35 @@ def test_a_run_that_goes_nonfinite_ends_early_with_its_verdict(tmp_path: Path) -
     log = read_run(run_dir)
     assert log.summary["ended"] == "nonfinite" and log.verdict == "nonfinite"
     assert len(log.series("loss")) < 40
+
+
+@pytest.mark.parametrize(("cell", "block"), [("lstm", 1), ("gru", 1), ("rnn", None)])
+def test_gate_bias_sets_the_keep_the_state_gate_only(cell: str, block: int | None) -> None:
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "seq2seq_example", EXAMPLES[0].parent / "seq2seq.py"
+    )
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(example)
+    finally:
+        del sys.modules[spec.name]
+    config = example.Config(cell=cell, hidden_size=4, emb_dim=3)
+    torch.manual_seed(0)
+    model = example.Seq2Seq(config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    example.keep_state(model, 2.0)
+    for name, p in model.named_parameters():
+        if block is None or ".bias_" not in name:
+            assert torch.equal(p, before[name]), name  # nothing else moves
+            continue
+        rows = slice(block * 4, (block + 1) * 4)
+        assert torch.all(p[rows] == (2.0 if ".bias_ih" in name else 0.0)), name
+        rest = torch.ones(p.shape[0], dtype=torch.bool)
+        rest[rows] = False
+        assert torch.equal(p[rest], before[name][rest]), name

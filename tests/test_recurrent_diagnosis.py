@@ -227,10 +227,12 @@ def test_rules_through_time(case: str) -> None:
 def test_fixes_name_the_remedies_of_the_module_type() -> None:
     (_, rnn), *_ = [r for r in _feed(SHORT, 3, "RNN") if r[1]]
     (_, lstm), *_ = [r for r in _feed(SHORT, 3, "LSTM") if r[1]]
+    (_, gru), *_ = [r for r in _feed(SHORT, 3, "GRU") if r[1]]
     (_, boom), *_ = [r for r in _feed(GROWING, 1, "RNN") if r[1]]
     (_, sat), *_ = [r for r in _feed(HEALTHY_LSTM, 3, "LSTM", saturated=0.9) if r[1]]
     assert "nn.LSTM or nn.GRU" in rnn[0].fix and "orthogonal" in rnn[0].fix
     assert "forget-gate bias" in lstm[0].fix and "truncated BPTT" in lstm[0].fix
+    assert gru[0].fix.startswith("try: an update-gate bias") and "nn.LSTM" not in gru[0].fix
     assert "clip" in boom[0].fix and "spectral" in boom[0].fix and "learning rate" in boom[0].fix
     assert "saturated" in sat[0].message and "layer norm" in sat[0].fix
 

@@ -39,6 +39,10 @@ _SPIKE_CLIP = (
     "gradwandb.watch(..., clip=1.0)"
 )
 _FORGET_BIAS = "a forget-gate bias of 1 (LSTM: fill the f block of bias_ih with 1)"
+_UPDATE_BIAS = (
+    "an update-gate bias of about 2, so the cell keeps its state by default (GRU: fill the z "
+    "block, the second of r z n, of bias_ih with 2 and of bias_hh with 0)"
+)
 _SPECTRAL_NORM = (
     "spectral normalisation of weight_hh (torch.nn.utils.parametrizations.spectral_norm)"
 )
@@ -112,7 +116,7 @@ TABLES: dict[str, Table] = {
     "time_vanishing": {
         "rnn": (_GATED, _ORTHO, _TBPTT),
         "lstm": (_FORGET_BIAS, _ORTHO, _TBPTT),
-        "gated": (_ORTHO, _TBPTT, "layer norm inside the cell"),
+        "gated": (_UPDATE_BIAS, _ORTHO, _TBPTT),
         "other": (_ORTHO, _TBPTT),
     },
     "time_exploding": {
