@@ -144,13 +144,20 @@ def full_weights(kind: str, model: nn.Module) -> dict[str, list[float]]:
 
 
 def train(
-    kind: str, rank: int, *, guard: bool = False, nan_at: int | None = None, run: Any = None
+    kind: str,
+    rank: int,
+    *,
+    guard: bool = False,
+    nan_at: int | None = None,
+    run: Any = None,
+    torch_clip: bool = False,
 ) -> dict[str, Any]:
-    """One watched training of ``kind``; ``nan_at``: a NaN in rank 1's gradient then."""
+    """One watched training of ``kind``; ``nan_at``: a NaN in rank 1's gradient then;
+    ``torch_clip``: the user clips with torch.nn.utils.clip_grad_norm_ instead of clip=."""
     model = wrap(kind, mlp())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sink = None if run is not None else MemorySink()
-    own_clip = kind == "fsdp1"  # FSDP1: the user's own distributed clip, model.clip_grad_norm_
+    own_clip = kind == "fsdp1" or torch_clip  # FSDP1: the user's own, model.clip_grad_norm_
     tracker = gradwandb.watch(
         model,
         opt,
@@ -173,7 +180,9 @@ def train(
             grad.view(-1)[0] = math.nan
         step_calls: list[str] = []
         with counting(step_calls):  # the clip of the user's own (FSDP1's) and the step
-            if own_clip and not guard:
+            if torch_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+            elif own_clip and not guard:
                 model.clip_grad_norm_(MAX_NORM)  # type: ignore[operator]
             opt.step()
         calls.append(step_calls)
@@ -198,6 +207,7 @@ def worker(rank: int, out: str, port: int) -> None:
     for kind in ("ddp", "fsdp2", "fsdp1"):
         result[kind] = train(kind, rank)
         result[f"{kind}_guard"] = train(kind, rank, guard=True, nan_at=1)
+    result["fsdp2_torch_clip"] = train("fsdp2", rank, torch_clip=True)
     import wandb
 
     run = None

@@ -41,7 +41,7 @@ def test_names_are_the_users(ranks: list[dict[str, Any]], kind: str) -> None:
         ]
 
 
-@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize("kind", [*LAYOUTS, "fsdp2_torch_clip"])
 def test_every_norm_is_the_full_gradients(ranks: list[dict[str, Any]], kind: str) -> None:
     ref = ranks[0]["reference"]
     for rank, result in enumerate(ranks):
@@ -74,7 +74,7 @@ def test_histograms_are_of_the_full_tensor(ranks: list[dict[str, Any]], kind: st
             assert got == counts, (kind, name)
 
 
-@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize("kind", [*LAYOUTS, "fsdp2_torch_clip"])
 def test_clipping_is_clip_grad_norm_over_the_full_gradient(
     ranks: list[dict[str, Any]], kind: str
 ) -> None:

@@ -68,6 +68,9 @@ class ClipListening:
             self._remember_versions()
 
     def _user_clipped(self, coef: Tensor, threshold: float) -> None:
+        full = getattr(coef, "full_tensor", None)  # torch's clip of DTensor gradients
+        if callable(full):
+            coef = full()
         pending = self._pending
         if self.optimizers:
             if pending is None or pending.skipped:
