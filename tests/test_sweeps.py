@@ -237,6 +237,30 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_runs(
     assert [r["start"] for r in records if "start" in r].count("1") == 1  # never redone
 
 
+def test_hyperband_stops_the_running_runs_behind_at_a_band(tmp_path: Path) -> None:
+    """The real engine decides from the real runs' histories: at the first band (3 values of
+    the metric), the running runs in the worse half are stopped; finished runs and the better
+    running ones are not."""
+    import wandb
+
+    from gradwandb.read.sweep_runner import RUNNING, RunEntry, _to_stop
+
+    body = GRID + "    early_terminate:\n      type: hyperband\n      min_iter: 3\n      eta: 2\n"
+    spec = load_sweep(_sweep_file(tmp_path, body), cwd=tmp_path)
+    folder = tmp_path / "out"
+    state = SweepState(sweep_id="s", name="probe", file="probe.yaml", config=spec.config, seed=0)
+    for x, status in [(1, RUNNING), (2, FINISHED), (3, RUNNING), (4, FINISHED)]:
+        run = wandb.init(project="probe", dir=str(folder), id=f"run{x}", reinit="create_new")
+        for _ in range(4):
+            run.log({"score": float(x)})  # maximize: the larger x, the better
+        run.finish()
+        state.runs.append(RunEntry(id=f"run{x}", config={"x": x}, status=status))
+    running = {"run1": object(), "run3": object()}
+    assert _to_stop(spec, state, folder, running) == ["run1"]
+    state.runs[0].status = FINISHED  # nothing running: nothing to stop
+    assert _to_stop(spec, state, folder, {"run3": object()}) == []
+
+
 def _refused(tmp_path: Path, body: str) -> str:
     path = _sweep_file(tmp_path, body)
     with pytest.raises(SweepError) as raised:
