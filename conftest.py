@@ -22,3 +22,13 @@ os.environ["WANDB_SILENT"] = "true"
 os.environ["WANDB_ERROR_REPORTING"] = "false"
 os.environ["WANDB_CONSOLE"] = "off"
 os.environ["WANDB_DISABLE_GIT"] = "true"
+
+# The doctests of an optional integration need its framework (gradwandb[lightning],
+# gradwandb[huggingface]); without it, the module is not collected (its tests skip by name).
+import importlib.util as _util  # noqa: E402
+
+collect_ignore = [
+    f"gradwandb/integrations/{module}.py"
+    for module, framework in (("lightning", "lightning"), ("huggingface", "transformers"))
+    if _util.find_spec(framework) is None
+]
