@@ -115,6 +115,16 @@ def reference(steps: int, clip: float | None) -> list[dict[str, Any]]:
 def wrap(kind: str, model: nn.Module) -> nn.Module:
     if kind == "ddp":
         return nn.parallel.DistributedDataParallel(model)
+    if kind == "tp":  # tensor parallel: layer 0 by columns, layer 2 by rows, layer 4 plain
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor.parallel import (
+            ColwiseParallel,
+            RowwiseParallel,
+            parallelize_module,
+        )
+
+        mesh = init_device_mesh("cpu", (WORLD,))
+        return parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
     if kind == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
@@ -173,7 +183,9 @@ def train(
     calls: list[list[str]] = []
     for k in range(STEPS):
         x, y = batch(k)
-        nn.functional.mse_loss(model(half(x, rank)), half(y, rank)).backward()
+        if kind != "tp":  # data parallel: this rank's half; tensor parallel: the whole batch
+            x, y = half(x, rank), half(y, rank)
+        nn.functional.mse_loss(model(x), y).backward()
         if nan_at == k and rank == 1:
             first = next(p for p in model.parameters() if p.grad is not None)
             grad = first.grad.to_local() if hasattr(first.grad, "to_local") else first.grad
@@ -204,7 +216,7 @@ def worker(rank: int, out: str, port: int) -> None:
     )
     result: dict[str, Any] = {"reference": reference(STEPS, MAX_NORM)}
     result["reference_noclip"] = reference(STEPS, None)
-    for kind in ("ddp", "fsdp2", "fsdp1"):
+    for kind in ("ddp", "fsdp2", "fsdp1", "tp"):
         result[kind] = train(kind, rank)
         result[f"{kind}_guard"] = train(kind, rank, guard=True, nan_at=1)
     result["fsdp2_torch_clip"] = train("fsdp2", rank, torch_clip=True)

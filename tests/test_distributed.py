@@ -16,7 +16,7 @@ import pytest
 from tests import distributed_job as J
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-LAYOUTS = ("ddp", "fsdp2", "fsdp1")
+LAYOUTS = ("ddp", "fsdp2", "fsdp1", "tp")
 REL = 1e-5
 
 
