@@ -199,24 +199,37 @@ def report(parser: argparse.ArgumentParser) -> Handler:
         "pip install 'gradwandb[reports]'); it prints the report's URL."
     )
     parser.add_argument(
-        "runs", nargs="*", metavar="RUN", help="offline run directory or entity/project/run_id"
+        "runs",
+        nargs="*",
+        metavar="RUN",
+        help="offline run directory or entity/project/run_id%(default).0s",
     )
     parser.add_argument(
-        "--sweep", metavar="SWEEP", help="a sweep folder (gradwandb sweep --dir) or a W&B sweep"
+        "--sweep",
+        metavar="SWEEP",
+        help="a sweep folder (gradwandb sweep --dir) or a W&B sweep%(default).0s",
     )
     parser.add_argument(
         "-o", "--output", metavar="FILE", default=None,
-        help="the HTML file (default: report.html, or sweep-report.html with --sweep)",
+        help="the HTML file (default: report.html, or sweep-report.html with --sweep)%(default).0s",
     )  # fmt: skip
     parser.add_argument(
         "--steps", type=step_list, default=None, metavar="S,S,...",
-        help="optimizer steps of the gradient-flow bars (default: first, middle, last)",
+        help="optimizer steps of the flow bars (default: first, middle, last)%(default).0s",
     )  # fmt: skip
-    parser.add_argument("--title", default=None, help="the page's (or Report's) title")
-    parser.add_argument("--publish", action="store_true", help="save a W&B Report instead")
-    parser.add_argument("--entity", default=None, help="W&B entity of the Report (--publish)")
-    parser.add_argument("--project", default=None, help="W&B project of the Report (--publish)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--title", default=None, help="the page's (or Report's) title%(default).0s")
+    parser.add_argument(
+        "--publish", action="store_true", help="save a W&B Report instead%(default).0s"
+    )
+    parser.add_argument(
+        "--entity", default=None, help="W&B entity of the Report (--publish)%(default).0s"
+    )
+    parser.add_argument(
+        "--project", default=None, help="W&B project of the Report (--publish)%(default).0s"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bars%(default).0s"
+    )
 
     def handler(args: argparse.Namespace) -> int:
         from gradwandb.report import PublishError, ReportError
@@ -231,7 +244,10 @@ def report(parser: argparse.ArgumentParser) -> Handler:
                 from gradwandb.report.sweep import write_sweep_report
 
                 path = write_sweep_report(
-                    args.sweep, args.output or "sweep-report.html", progress=not args.no_progress
+                    args.sweep,
+                    args.output or "sweep-report.html",
+                    title=args.title,
+                    progress=not args.no_progress,
                 )
                 if args.runs:
                     print("gradwandb report: with --sweep, the RUN arguments are ignored",

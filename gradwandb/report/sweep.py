@@ -160,7 +160,9 @@ def load_sweep_data(spec: str | Path, api: Any = None) -> SweepData:
 # -- the page --------------------------------------------------------------------------------
 
 
-def render_sweep_report(sweep: SweepData, *, progress: bool = False) -> str:
+def render_sweep_report(
+    sweep: SweepData, *, title: str | None = None, progress: bool = False
+) -> str:
     """The HTML page of a sweep: phase diagram, parameter-versus-outcome plots, table."""
     from tqdm import tqdm
 
@@ -189,7 +191,7 @@ def render_sweep_report(sweep: SweepData, *, progress: bool = False) -> str:
         counts[str(r.get("verdict") or "no verdict")] = counts.get(str(r.get("verdict")), 0) + 1
     tally = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
     sub = f"{len(sweep.rows)} runs ({tally}) read from {sweep.where}"
-    return page(f"Sweep report: {sweep.name}", sub, [sweep.name], sections)
+    return page(title or f"Sweep report: {sweep.name}", sub, [sweep.name], sections)
 
 
 def write_sweep_report(
