@@ -250,6 +250,12 @@ def small_run(wandb_run: Any) -> Path:
     return finished(run)
 
 
+def test_the_run_name_is_read_back(wandb_run: Any) -> None:
+    named = wandb_run(name="baseline <lr 0.1>")
+    named.log({"loss": 1.0})
+    assert read_run(finished(named)).name == "baseline <lr 0.1>"
+
+
 def test_a_run_cut_short_reads_as_incomplete(wandb_run: Any, tmp_path: Path) -> None:
     source = reader.find_run_file(small_run(wandb_run))
     whole = read_run(source, cache=False)

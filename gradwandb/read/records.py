@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 CACHE_NAME = ".gradwandb-read.json"  # beside the .wandb file; delete it freely
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _HEADER_BYTES = 7  # a .wandb file that holds only its header (the process died at once)
 _SKIPPED = ("stats", "telemetry", "environment", "files", "artifact", "output", "header")
 
@@ -104,6 +104,7 @@ def _parse(lines: Iterable[str]) -> dict[str, Any]:
     alerts: list[dict[str, Any]] = []
     config: dict[str, Any] = {}
     tags: list[str] = []
+    name: str | None = None
     exit_code: int | None = None
     complete = False
     for line in lines:
@@ -127,6 +128,7 @@ def _parse(lines: Iterable[str]) -> dict[str, Any]:
             run = record["run"]
             config.update(run.get("config", {}).get("update", {}))
             tags = [str(t) for t in run.get("tags", [])]
+            name = str(run["display_name"]) if run.get("display_name") else name
         elif kind == "config":
             config.update(record["config"].get("update", {}))
         elif kind == "exit":
@@ -142,6 +144,7 @@ def _parse(lines: Iterable[str]) -> dict[str, Any]:
         "alerts": alerts,
         "config": config,
         "wandb_tags": tags,
+        "name": name,
         "complete": complete,
         "exit_code": exit_code,
     }

@@ -62,6 +62,7 @@ class RunLog(View):
         wandb_tags: list[str] | None = None,
         complete: bool = False,
         exit_code: int | None = None,
+        name: str | None = None,
     ) -> None:
         self.path = path  # the .wandb file
         self.history = history if history is not None else []
@@ -71,6 +72,7 @@ class RunLog(View):
         self.wandb_tags = wandb_tags if wandb_tags is not None else []  # wandb.init(tags=...)
         self.complete = complete  # False for a run whose process died before finish()
         self.exit_code = exit_code
+        self.name = name  # the run's display name in W&B (wandb.init(name=...)), if it has one
         self._index: dict[str, ParsedKey] | None = None
         self._tables: dict[str, Table | None] = {}
         super().__init__(self, None)
@@ -203,4 +205,5 @@ def read_run(path: str | Path, timeout: float = 120.0, *, cache: bool = True) ->
         wandb_tags=list(data["wandb_tags"]),
         complete=bool(data["complete"]),
         exit_code=data["exit_code"],
+        name=data.get("name"),
     )

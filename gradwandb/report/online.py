@@ -84,6 +84,7 @@ def run_log(api_run: ApiRun, folder: str | Path | None = None) -> OnlineRunLog:
         summary=summary if isinstance(summary, dict) else {},
         config=config,
         complete=str(getattr(api_run, "state", "")) == "finished",
+        name=str(getattr(api_run, "name", "") or "") or None,
     )
 
 

@@ -30,7 +30,7 @@ class ReportError(ValueError):
 def load_run(spec: str | Path | RunLog, api: Any = None) -> tuple[str, str, RunLog]:
     """``(label, where it was read from, run)`` of one RUN argument."""
     if isinstance(spec, RunLog):
-        return spec.run_dir.name, str(spec.run_dir), spec
+        return spec.name or spec.run_dir.name, str(spec.run_dir), spec
     text = str(spec)
     path = Path(text)
     if path.exists():
@@ -44,10 +44,11 @@ def load_run(spec: str | Path | RunLog, api: Any = None) -> tuple[str, str, RunL
             run = read_run(path)
         except (RuntimeError, OSError, ValueError) as error:
             raise ReportError(f"{text}: W&B's reader could not read it ({error})") from None
-        return run.run_dir.name, str(run.run_dir), run
+        return run.name or run.run_dir.name, str(run.run_dir), run
     if is_run_path(text):
         try:
-            return text, f"W&B run {text}", online_run(text, api)
+            run = online_run(text, api)
+            return run.name or text, f"W&B run {text}", run
         except Exception as error:  # the server's own error, as one line
             first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise ReportError(
