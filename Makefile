@@ -14,7 +14,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP := $(VENV)/bin/python -m pip
 # the settings of the README's benchmark table
-BENCH_ARGS ?= --rounds 12 --steps 40
+BENCH_ARGS ?= --rounds 30 --steps 20
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell printf '%s|%s' '$(TORCH)' '$(TORCH_INDEX)' | cksum | cut -d' ' -f1)
 TORCH_PIN := $(VENV)/torch-pin.txt

@@ -197,7 +197,7 @@ def test_a_lazily_made_optimizer_is_watched_at_the_first_step(wandb_run: Any) ->
 
 
 def test_other_processes_watch_and_do_not_log(wandb_run: Any) -> None:
-    from gradwandb.integrations._common import NullSink
+    from gradwandb.live.sinks import NullSink
 
     model = Regressor()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -25,8 +25,8 @@ L = pytest.importorskip("lightning.pytorch", reason="PyTorch Lightning is not in
 PL = pytest.importorskip("pytorch_lightning", reason="pytorch_lightning is not installed")
 
 from gradwandb.integrations import lightning as integration  # noqa: E402
-from gradwandb.integrations._common import NullSink  # noqa: E402
 from gradwandb.integrations.lightning import GradwandbCallback  # noqa: E402
+from gradwandb.live.sinks import NullSink  # noqa: E402
 from gradwandb.read.run import RunLog, read_run  # noqa: E402
 
 STEPS, ACCUMULATE, CLIP = 3, 2, 0.5

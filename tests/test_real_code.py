@@ -142,6 +142,42 @@ def test_gpt_style_loop(loss_scale: float, max_norm: float, scaled: bool) -> Non
     assert "gradwandb/unseen_grad_change" not in sink.summaries
 
 
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_a_fused_optimizer_under_a_scaler_is_measured_unscaled(clip: float | None) -> None:
+    """A fused optimizer unscales inside its own step (GradScaler hands it the scale), after
+    gradwandb has measured: the statistics divide by that scale; gradwandb's own clip scales
+    the real (still scaled) gradients by the coefficient of the unscaled ones."""
+    torch.manual_seed(0)
+    model = TinyGPT()
+    reference = copy.deepcopy(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    sink = MemorySink()
+    truth: list[dict[str, Tensor]] = []
+    with gradwandb.watch(model, opt, sink=sink, scaler=scaler, layers_every=1, clip=clip):
+        for ((ids, targets),) in _gpt_batches(3, 1, seed=2):
+            scaler.scale(model(ids, targets)).backward()
+            reference(ids, targets).backward()
+            truth.append(_named_grads(reference))
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(reference.parameters(), clip)
+            scaler.step(opt)  # no unscale_: the fused step divides by the scale itself
+            scaler.update()
+            ref_opt.step()
+            opt.zero_grad(set_to_none=True)
+            ref_opt.zero_grad(set_to_none=True)
+    for (_, row), grads in zip(sink.rows, truth, strict=True):
+        assert row["grad/global_norm"] == pytest.approx(_norm(grads.values()), rel=1e-4)
+        for name, g in grads.items():
+            assert row[f"grad_norm/{name}"] == pytest.approx(_norm([g]), rel=1e-4)
+            assert row[f"grad_max_abs/{name}"] == pytest.approx(float(g.abs().max()), rel=1e-4)
+    coefs = [v for _, v in sink.series("grad/clip_coef")]
+    assert (min(coefs) < 0.5) == (clip is not None)
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)  # the same updates
+
+
 # -- 2. a word language model: no optimizer, clip and update by hand, torch.save each epoch ----
 
 

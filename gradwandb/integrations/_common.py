@@ -1,6 +1,7 @@
-"""What both framework callbacks share: the framework's step key on every row, a sink that
-drops rows on the ranks that do not log, a run of gradwandb's own when the framework has none,
-the watch options a callback passes through, and the error that names the extra to install.
+"""What both framework callbacks share: the framework's step key on every row, a run of
+gradwandb's own when the framework has none, the watch options a callback passes through, and
+the error that names the extra to install (the ranks that do not log get the live wing's
+:class:`~gradwandb.live.sinks.NullSink`).
 
 >>> from gradwandb.live.sinks import MemorySink
 >>> inner = MemorySink()
@@ -106,33 +107,6 @@ class FrameworkStepSink:
         on_finish = getattr(self.inner, "on_finish", None)
         if callable(on_finish):
             on_finish(callback)
-
-
-class NullSink:
-    """Where a rank that does not log sends its rows: nowhere.
-
-    Every rank watches (the statistics of a sharded model need every rank's part), only
-    rank 0 writes to W&B.
-
-    >>> sink = NullSink()
-    >>> sink.log({"grad/global_norm": 1.0}, step=0); sink.alive()
-    True
-    """
-
-    def log(self, row: Mapping[str, Value], step: int) -> None:
-        pass
-
-    def summary(self, values: Mapping[str, Any]) -> None:
-        pass
-
-    def alert(self, title: str, text: str, level: str) -> None:
-        pass
-
-    def alive(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
 
 
 def wandb_sink(run: Any, step_key: str, step_fn: Callable[[], int]) -> FrameworkStepSink:

@@ -30,12 +30,12 @@ import torch
 from torch import nn
 
 from gradwandb.integrations._common import (
-    NullSink,
     check_watch_options,
     missing_extra,
     own_run,
     wandb_sink,
 )
+from gradwandb.live.sinks import NullSink
 
 try:
     from transformers import TrainerCallback

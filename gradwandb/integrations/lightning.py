@@ -40,13 +40,13 @@ import torch
 from torch import nn
 
 from gradwandb.integrations._common import (
-    NullSink,
     check_watch_options,
     define_step,
     missing_extra,
     own_run,
     wandb_sink,
 )
+from gradwandb.live.sinks import NullSink
 
 if TYPE_CHECKING:
     from gradwandb.live.tracker import Tracker

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 
@@ -247,3 +247,26 @@ def learn_run_order(
         hooks.add(names[-1], sub.register_forward_pre_hook(ModuleHook(ran)))
     names.append("order-done")
     hooks.add(names[-1], model.register_forward_hook(ModuleHook(done)))
+
+
+def scale_inside_step(optimizers: Sequence[torch.optim.Optimizer]) -> Tensor | None:
+    """The loss scale still on the gradients when a fused optimizer steps, or None.
+
+    ``GradScaler.step`` does not unscale for an optimizer that unscales inside its own step
+    (``Adam(fused=True)`` and the like): it sets ``optimizer.grad_scale`` for the step to
+    divide by, after gradwandb has measured. Without a prior ``scaler.unscale_`` the gradients
+    are then still scaled, and the statistics must divide by this tensor (on the device, no
+    sync). None when the gradients are already unscaled, or no fused step is under way.
+
+    >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+    >>> scale_inside_step([opt]) is None
+    True
+    >>> opt.grad_scale = torch.tensor(1024.0)
+    >>> float(scale_inside_step([opt]))
+    1024.0
+    """
+    for optimizer in optimizers:
+        scale = getattr(optimizer, "grad_scale", None)
+        if isinstance(scale, Tensor):
+            return scale
+    return None

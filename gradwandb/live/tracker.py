@@ -43,6 +43,7 @@ from gradwandb.live.capture import (
     ModuleHook,
     OptimizerSteps,
     learn_run_order,
+    scale_inside_step,
     wrap_method,
 )
 from gradwandb.live.clip.policy import ClipPolicy
@@ -342,6 +343,9 @@ class Tracker(ClipListening):
         if given is None and self.optimizers and plan.anything:
             self._warn_unseen(self._watched.changed())
         values = [S.dense_values(g) for g in now.grads]
+        scale = scale_inside_step(self.optimizers)  # a fused optimizer unscales after this
+        if scale is not None:
+            values = [v / scale.to(v.device) for v in values]  # clipping still acts on grads
         stats = S.grad_stats(values) if plan.layers else None  # L2, L1, max in one pass
         reducer = None if dist is None else dist.reducer(self._params, now)
         numels = (
@@ -354,6 +358,7 @@ class Tracker(ClipListening):
         elif (
             given is not None
             and reducer is None
+            and scale is None
             and all(id(g) in given and given[id(g)].dtype in _WIDE for g in now.grads)
         ):
             norms = torch.stack([given[id(g)] for g in now.grads]).double()  # torch's own pass
