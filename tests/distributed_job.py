@@ -8,6 +8,7 @@ collectives gradwandb ran in each optimizer step, and the weights afterwards.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -211,8 +212,12 @@ def train(
 
 def worker(rank: int, out: str, port: int) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    dist.init_process_group(  # a collective one rank never joins fails in 2 minutes, not 30
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=120),
     )
     result: dict[str, Any] = {"reference": reference(STEPS, MAX_NORM)}
     result["reference_noclip"] = reference(STEPS, None)
