@@ -167,39 +167,25 @@ def main(argv: list[str] | None = None) -> None:
     x_held, y_held = x_held.to(device), y_held.to(device)
 
     tracker = gradwandb.watch(model, optimizer, run=run, clip=c.clip)
-    ended = "completed"
-    step = 0
-    loss_value = math.nan
-    acc = math.nan
-    for step in range(1, c.steps + 1):
-        if started.stop():
-            ended = "stopped"
-            break
+
+    def train_step() -> Tensor:
         x, y = points(teacher, c.batch_size, data)
         loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()  # gradwandb takes its statistics, clips and logs here
-        loss_value = loss.item()
-        row = {"loss": loss_value}
-        if not math.isfinite(loss_value):
-            ended = "nonfinite"
-        if step % c.eval_every == 0 or step == c.steps or ended == "nonfinite":
-            acc = accuracy(model, x_held, y_held)
-            row["accuracy"] = acc
-        run.log(row)
-        if ended == "nonfinite":
-            break
-    if ended == "stopped" or math.isnan(acc):
-        acc = accuracy(model, x_held, y_held)
-        run.log({"accuracy": acc})
-    tracker.remove()  # writes gradwandb/verdict and gradwandb/findings to the run summary
-    verdict = tracker.diagnosis().verdict
-    run.summary.update({"ended": ended, "final_accuracy": acc})
-    run.finish()
+        return loss
+
+    done = started.train(
+        tracker,
+        train_step,
+        lambda: accuracy(model, x_held, y_held),
+        steps=c.steps,
+        eval_every=c.eval_every,
+    )
     print(
-        f"{ended} after {step} steps: loss {loss_value:.4f}, accuracy {acc:.3f} "
-        f"(chance {1 / c.classes:.3f}), gradients {verdict}"
+        f"{done.ended} after {done.steps} steps: loss {done.loss:.4f}, accuracy "
+        f"{done.accuracy:.3f} (chance {1 / c.classes:.3f}), gradients {done.verdict}"
     )
     print(f"run written to {run.settings.sync_dir}")
 

@@ -239,40 +239,26 @@ def main(argv: list[str] | None = None) -> None:
     held_out = (src.to(device), tgt_in.to(device), tgt_out.to(device))
 
     tracker = gradwandb.watch(model, optimizer, run=run, clip=c.clip, bptt_every=c.bptt_every)
-    ended = "completed"
-    step = 0
-    loss_value = math.nan
-    acc = math.nan
-    for step in range(1, c.steps + 1):
-        if started.stop():
-            ended = "stopped"
-            break
+
+    def train_step() -> Tensor:
         src, tgt_in, tgt_out = (t.to(device) for t in batch(c, c.batch_size, data))
         logits = model(src, tgt_in)
         loss = nn.functional.cross_entropy(logits.reshape(-1, c.vocab), tgt_out.reshape(-1))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()  # gradwandb takes its statistics, clips and logs here
-        loss_value = loss.item()
-        row = {"loss": loss_value}
-        if not math.isfinite(loss_value):
-            ended = "nonfinite"
-        if step % c.eval_every == 0 or step == c.steps or ended == "nonfinite":
-            acc = accuracy(model, held_out)
-            row["accuracy"] = acc
-        run.log(row)
-        if ended == "nonfinite":
-            break
-    if ended == "stopped" or math.isnan(acc):
-        acc = accuracy(model, held_out)
-        run.log({"accuracy": acc})
-    tracker.remove()  # writes gradwandb/verdict and gradwandb/findings to the run summary
-    verdict = tracker.diagnosis().verdict
-    run.summary.update({"ended": ended, "final_accuracy": acc})
-    run.finish()
+        return loss
+
+    done = started.train(
+        tracker,
+        train_step,
+        lambda: accuracy(model, held_out),
+        steps=c.steps,
+        eval_every=c.eval_every,
+    )
     print(
-        f"{ended} after {step} steps: loss {loss_value:.4f}, accuracy {acc:.3f} "
-        f"(chance {1 / (c.vocab - 1):.3f}), gradients {verdict}"
+        f"{done.ended} after {done.steps} steps: loss {done.loss:.4f}, accuracy "
+        f"{done.accuracy:.3f} (chance {1 / (c.vocab - 1):.3f}), gradients {done.verdict}"
     )
     print(f"run written to {run.settings.sync_dir}")
 

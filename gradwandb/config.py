@@ -229,6 +229,58 @@ class Started:
     run: Any
     stop: Callable[[], bool]
 
+    def train(
+        self,
+        tracker: Any,
+        step: Callable[[], Any],
+        evaluate: Callable[[], float],
+        *,
+        steps: int,
+        eval_every: int,
+    ) -> Outcome:
+        """The loop every sweep program runs, then the run's end.
+
+        ``step()`` takes one optimizer step and returns its loss (a tensor or a number);
+        ``evaluate()`` returns the held-out accuracy. Logs ``loss`` every step and
+        ``accuracy`` every ``eval_every`` steps and at the end; stops early when asked
+        (:attr:`stop`) or when the loss goes non-finite (a sweep goes on: the program
+        exits 0); removes ``tracker`` (its verdict and findings reach the run summary),
+        records ``ended`` and ``final_accuracy`` and finishes the run.
+        """
+        ended, done, loss, accuracy = "completed", 0, math.nan, math.nan
+        for done in range(1, steps + 1):
+            if self.stop():
+                ended = "stopped"
+                break
+            loss = float(step())
+            row = {"loss": loss}
+            if not math.isfinite(loss):
+                ended = "nonfinite"
+            if done % eval_every == 0 or done == steps or ended == "nonfinite":
+                accuracy = row["accuracy"] = evaluate()
+            self.run.log(row)
+            if ended == "nonfinite":
+                break
+        if ended == "stopped" or math.isnan(accuracy):
+            accuracy = evaluate()
+            self.run.log({"accuracy": accuracy})
+        tracker.remove()  # writes gradwandb/verdict and gradwandb/findings to the summary
+        verdict = str(tracker.diagnosis().verdict)
+        self.run.summary.update({"ended": ended, "final_accuracy": accuracy})
+        self.run.finish()
+        return Outcome(ended, done, loss, accuracy, verdict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How a program's training ended (:meth:`Started.train`)."""
+
+    ended: str  # "completed", "stopped" or "nonfinite"
+    steps: int  # the steps taken
+    loss: float  # the last step's loss
+    accuracy: float
+    verdict: str  # gradwandb's
+
 
 def start(
     schema: type[T],
@@ -370,6 +422,7 @@ def _integral(value: Any) -> bool:
 
 __all__ = [
     "ConfigError",
+    "Outcome",
     "Started",
     "as_dict",
     "check_value",

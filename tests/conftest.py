@@ -10,6 +10,18 @@ import pytest
 
 
 @pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: on tiny tensors a thread pool only adds contention on a
+    busy 2-core machine. Use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def wandb_run(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start offline W&B runs in ``tmp_path``; each is finished at teardown if still open.
 

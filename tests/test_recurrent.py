@@ -9,7 +9,7 @@ so the monitor and the reference agree to rounding (rel 1e-9).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -41,13 +41,7 @@ def _close(expected: object) -> Any:
     return pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """These tensors are tiny: a thread pool only adds contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: no thread pool
 
 
 def _record(step: int) -> StepRecord:

@@ -4,7 +4,6 @@ real trainings diagnosed out of the box by ``gradwandb.watch``."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -20,13 +19,7 @@ from gradwandb.live.monitors.through_time import HEATMAP, BPTTMonitor
 from gradwandb.live.record import JUDGE, RecurrentSummary, StepRecord
 from gradwandb.live.sinks import Image, MemorySink, Table, Value
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: no thread pool
 
 
 def _param(module: nn.Module, name: str) -> torch.Tensor:
